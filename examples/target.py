@@ -1,0 +1,127 @@
+"""A small HTTP service to run the example scenarios against (the "system under test").
+
+    python examples/target.py --port 8081
+
+Endpoints: ``POST /users`` (201, JSON ``{id, name}``), ``GET /users/{id}``, ``DELETE /users/{id}``,
+``GET /flaky/{key}?fail=N`` (503 for the first N calls per key, then 200), ``GET /slow?seconds=S``,
+``GET /health``, ``POST /echo`` (returns the request's headers and body),
+``GET /redirect?to=URL`` (302 to URL), ``GET /tick?...`` (200; remembers each call's query).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+class State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users: dict[int, dict] = {}
+        self.ids = itertools.count(1)
+        self.flaky_calls: dict[str, int] = {}
+        self.ticks: list[tuple[float, dict[str, str]]] = []
+
+
+class Handler(BaseHTTPRequestHandler):
+    state: State
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    def _send(self, status: int, body: object | None = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> object:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        query = parse_qs(url.query)
+        if parts == ["health"]:
+            return self._send(200, {"ok": True})
+        if len(parts) == 2 and parts[0] == "users" and parts[1].isdigit():
+            with self.state.lock:
+                user = self.state.users.get(int(parts[1]))
+            return self._send(200, user) if user else self._send(404, {"error": "not found"})
+        if len(parts) == 2 and parts[0] == "flaky":
+            fail = int(query.get("fail", ["2"])[0])
+            with self.state.lock:
+                calls = self.state.flaky_calls[parts[1]] = (
+                    self.state.flaky_calls.get(parts[1], 0) + 1
+                )
+            if calls <= fail:
+                return self._send(503, {"call": calls, "error": "temporarily unavailable"})
+            return self._send(200, {"call": calls})
+        if parts == ["tick"]:
+            # Evidence of an execution, for the fault-injection checker: every call is kept.
+            with self.state.lock:
+                self.state.ticks.append((time.time(), {k: v[0] for k, v in query.items()}))
+            return self._send(200, {"ticked": True})
+        if parts == ["redirect"]:
+            self.send_response(302)
+            self.send_header("Location", query.get("to", ["/health"])[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if parts == ["slow"]:
+            time.sleep(float(query.get("seconds", ["1"])[0]))
+            return self._send(200, {"slept": True})
+        return self._send(404, {"error": "no such endpoint"})
+
+    def do_POST(self) -> None:
+        parts = [p for p in urlparse(self.path).path.split("/") if p]
+        body = self._body()
+        if parts == ["users"]:
+            if not isinstance(body, dict) or not body.get("name"):
+                return self._send(400, {"error": "name is required"})
+            with self.state.lock:
+                user = {"id": next(self.state.ids), "name": body["name"]}
+                self.state.users[user["id"]] = user
+            return self._send(201, user)
+        if parts == ["echo"]:
+            return self._send(200, {"headers": dict(self.headers.items()), "body": body})
+        return self._send(404, {"error": "no such endpoint"})
+
+    def do_DELETE(self) -> None:
+        parts = [p for p in urlparse(self.path).path.split("/") if p]
+        if len(parts) == 2 and parts[0] == "users" and parts[1].isdigit():
+            with self.state.lock:
+                removed = self.state.users.pop(int(parts[1]), None)
+            return self._send(204) if removed else self._send(404, {"error": "not found"})
+        return self._send(404, {"error": "no such endpoint"})
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """A target server bound to ``host:port`` (port 0 picks a free one); call serve_forever()."""
+    handler = type("BoundHandler", (Handler,), {"state": State()})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args()
+    server = make_server(args.host, args.port)
+    print(f"target listening on http://{args.host}:{server.server_port}", flush=True)
+    server.serve_forever()

@@ -1,0 +1,23 @@
+"""orchestra's admin site: Django's, with a dashboard on its index page."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.utils.translation import gettext_lazy as _
+
+from orchestra.dashboard import dashboard_summary
+from orchestra.roles import VIEW_PERMISSION
+
+
+class OrchestraAdminSite(admin.AdminSite):
+    site_header = _("orchestra administration")
+    site_title = _("orchestra")
+    index_template = "admin/orchestra_index.html"
+
+    def index(self, request, extra_context=None):
+        """The app list, and above it the dashboard (for users who may see the runs)."""
+        context = {"flower_url": settings.ORCHESTRA_FLOWER_URL, **(extra_context or {})}
+        if request.user.has_perm(VIEW_PERMISSION):
+            context["dashboard"] = dashboard_summary()
+        return super().index(request, extra_context=context)

@@ -1,0 +1,22 @@
+"""Serializers of the cross-cutting API pieces: errors and health."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "degraded"])
+    database = serializers.ChoiceField(choices=["ok", "unreachable"])
+    broker = serializers.ChoiceField(choices=["ok", "unreachable"])
+    workers = serializers.IntegerField()
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

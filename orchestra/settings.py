@@ -1,0 +1,202 @@
+"""Django settings, read from the environment (see README, "Configuration")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestra.env import (
+    database_from_url,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# Production has no default secret: start-up stops with a clear message when it is missing.
+SECRET_KEY = env_str("SECRET_KEY", "insecure-development-key-only-for-debug" if DEBUG else None)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "orchestra.apps.OrchestraAdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "orchestra",
+    "plugins",
+    "runs",
+    "queue_catalog",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "orchestra.middleware.RequestSizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "orchestra.urls"
+WSGI_APPLICATION = "orchestra.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        **database_from_url(
+            env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orchestra")
+        ),
+        # Keep connections across Celery tasks and requests: reconnecting costs ~15 ms per task.
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 600),
+        "CONN_HEALTH_CHECKS": True,
+        "TEST": {"NAME": env_str("TEST_DATABASE_NAME", "test_orchestra")},
+    }
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("ru", "Русский")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["orchestra.api.permissions.RolePermission"],
+    "DEFAULT_PAGINATION_CLASS": "orchestra.api.pagination.StrictLimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    # JSON only: payloads and definitions are JSON objects, which form encodings cannot carry.
+    "DEFAULT_PARSER_CLASSES": ["orchestra.api.parsers.LimitedJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["orchestra.api.throttling.WriteRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"writes": env_str("ORCHESTRA_API_WRITE_RATE", "600/minute")},
+    "EXCEPTION_HANDLER": "orchestra.api.exceptions.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "orchestra API",
+    "DESCRIPTION": "Run API and integration test scenarios asynchronously; the scenario queue.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestra.api.schema.document_write_limits",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "runs.states.RunStatus",
+        "StepStatusEnum": "runs.models.StepStatus",
+        "PriorityEnum": "runs.models.Priority",
+        "DeadLetterStatusEnum": "runs.models.DeadLetterStatus",
+        "RecordStatusEnum": "queue_catalog.states.RecordStatus",
+        "ReachabilityEnum": ["ok", "unreachable"],
+        "HealthStatusEnum": ["ok", "degraded"],
+    },
+}
+
+# API limits (see README, "Limits").
+ORCHESTRA_API_MAX_BODY_BYTES = env_int("ORCHESTRA_API_MAX_BODY_BYTES", 1_048_576)
+ORCHESTRA_API_MAX_JSON_DEPTH = env_int("ORCHESTRA_API_MAX_JSON_DEPTH", 32)
+ORCHESTRA_API_MAX_PAYLOAD_BYTES = env_int("ORCHESTRA_API_MAX_PAYLOAD_BYTES", 65_536)
+DATA_UPLOAD_MAX_MEMORY_SIZE = ORCHESTRA_API_MAX_BODY_BYTES
+
+# Security headers; HTTPS-only cookies and redirects unless explicitly turned off for local use.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- orchestra --------------------------------------------------------------------------------
+# How long a claimed run stays owned without a heartbeat before another worker may take it over.
+ORCHESTRA_RUN_LEASE_SECONDS = env_float("ORCHESTRA_RUN_LEASE_SECONDS", 30.0)
+# Crashed deliveries of one run (worker killed mid-run) before it is given up as ERROR.
+ORCHESTRA_MAX_DELIVERY_ATTEMPTS = env_int("ORCHESTRA_MAX_DELIVERY_ATTEMPTS", 3)
+# A QUEUED run whose message was not published within this many seconds is republished.
+ORCHESTRA_PUBLISH_GRACE_SECONDS = env_float("ORCHESTRA_PUBLISH_GRACE_SECONDS", 10.0)
+# How often beat runs the sweeps (seconds).
+ORCHESTRA_SWEEP_INTERVAL_SECONDS = env_float("ORCHESTRA_SWEEP_INTERVAL_SECONDS", 5.0)
+# Stored response bodies are cut to this many characters.
+ORCHESTRA_MAX_STORED_BODY_CHARS = env_int("ORCHESTRA_MAX_STORED_BODY_CHARS", 4096)
+# Timeout of a step that names none (seconds).
+ORCHESTRA_DEFAULT_STEP_TIMEOUT = env_float("ORCHESTRA_DEFAULT_STEP_TIMEOUT", 30.0)
+# Upper bound for steps in one scenario.
+ORCHESTRA_MAX_STEPS = env_int("ORCHESTRA_MAX_STEPS", 200)
+# Scenario queue: starts per record before it is given up (per record overridable), and the
+# backoff between re-runs of a failed record (base * 2^(starts-1), capped).
+ORCHESTRA_QUEUE_MAX_ATTEMPTS = env_int("ORCHESTRA_QUEUE_MAX_ATTEMPTS", 5)
+ORCHESTRA_QUEUE_RETRY_BASE_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_BASE_SECONDS", 5.0)
+ORCHESTRA_QUEUE_RETRY_MAX_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_MAX_SECONDS", 600.0)
+# Credentials steps read as {{ credentials.NAME }}, from ORCHESTRA_CREDENTIAL_<NAME> variables of
+# the worker's environment: never stored with a scenario or run, always redacted from results.
+CREDENTIAL_PREFIX = "ORCHESTRA_CREDENTIAL_"
+ORCHESTRA_CREDENTIALS = {
+    name.removeprefix(CREDENTIAL_PREFIX): value
+    for name, value in os.environ.items()
+    if name.startswith(CREDENTIAL_PREFIX) and value
+}
+# Which hosts steps may connect to (plugins/outbound.py): when ALLOW is set a target must match
+# it; DENY adds refused entries; the broker's and database's addresses and cloud metadata
+# addresses are refused unless DENY_INFRASTRUCTURE is false (a test environment).
+ORCHESTRA_OUTBOUND_ALLOW = env_list("ORCHESTRA_OUTBOUND_ALLOW", [])
+ORCHESTRA_OUTBOUND_DENY = env_list("ORCHESTRA_OUTBOUND_DENY", [])
+ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE = env_bool("ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE", True)
+# Where the admin dashboard links to Flower.
+ORCHESTRA_FLOWER_URL = env_str("ORCHESTRA_FLOWER_URL", "http://127.0.0.1:5555/")
+# A scraper presenting "Authorization: Bearer <token>" may read /metrics; empty: users only.
+ORCHESTRA_METRICS_TOKEN = env_str("ORCHESTRA_METRICS_TOKEN", "")

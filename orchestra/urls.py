@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from orchestra.api.views import ApiRootView, HealthView, MetricsView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", ApiRootView.as_view(), name="api-root"),
+    path("api/health/", HealthView.as_view(), name="health"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/", include("runs.api.urls")),
+    path("api/", include("queue_catalog.api.urls")),
+]
+
+handler404 = "orchestra.api.views.not_found"

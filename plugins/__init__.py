@@ -1,0 +1,1 @@
+"""Protocol plugins: the contract (``plugins.base``), the registry and the built-ins."""

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+
+from orchestra.roles import OPERATE_PERMISSION
+from queue_catalog import services
+from queue_catalog.models import QueueRecord
+from queue_catalog.states import RecordStatus
+
+STATUS_COLOURS = {
+    RecordStatus.SCHEDULED: "#6c757d",
+    RecordStatus.RUNNING: "#0d6efd",
+    RecordStatus.DONE: "#198754",
+    RecordStatus.ERROR: "#dc3545",
+    RecordStatus.CANCELLED: "#adb5bd",
+}
+
+
+@admin.register(QueueRecord)
+class QueueRecordAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "scenario",
+        "coloured_status",
+        "start_count",
+        "process_code",
+        "started_at",
+        "finished_at",
+        "priority",
+        "created_at",
+    ]
+    list_filter = ["status", "scenario", "priority", "created_at"]
+    search_fields = ["scenario__name", "payload"]
+    list_select_related = ["scenario"]
+    actions = ["cancel_records", "retry_records", "move_records_to_front"]
+    fieldsets = [
+        (_("Run"), {"fields": ["scenario", "payload", "priority", "max_attempts"]}),
+        (
+            _("Execution"),
+            {
+                "fields": [
+                    "status",
+                    "process_code",
+                    "started_at",
+                    "finished_at",
+                    "start_count",
+                    "errors_display",
+                    "next_attempt_at",
+                    "runs_display",
+                ]
+            },
+        ),
+        (_("Service information"), {"fields": ["created_at"]}),
+    ]
+    readonly_fields = [
+        "status",
+        "process_code",
+        "started_at",
+        "finished_at",
+        "start_count",
+        "errors_display",
+        "next_attempt_at",
+        "runs_display",
+        "created_at",
+    ]
+
+    def save_model(self, request, obj, form, change):
+        # A record added here goes through the queue's service, like one added by the API: its
+        # lane starts it at once if idle.
+        obj.pk = services.queue_record_create(
+            scenario=obj.scenario,
+            payload=obj.payload,
+            priority=obj.priority,
+            max_attempts=obj.max_attempts,
+        ).pk
+
+    def has_change_permission(self, request, obj=None):
+        # Records change only through the queue's services (the actions), never by hand.
+        return False
+
+    @admin.display(description=_("status"), ordering="status")
+    def coloured_status(self, record: QueueRecord):
+        return format_html(
+            '<b style="color:{}">{}</b>', STATUS_COLOURS[record.status], record.get_status_display()
+        )
+
+    @admin.display(description=_("errors"))
+    def errors_display(self, record: QueueRecord):
+        return format_html("<pre>{}</pre>", record.errors_text) if record.errors else "—"
+
+    @admin.display(description=_("runs"))
+    def runs_display(self, record: QueueRecord):
+        attempts = record.attempts.select_related("run").order_by("start_number")
+        return (
+            format_html_join(
+                ", ",
+                '<a href="/admin/runs/testrun/{}/change/">#{} run {} ({})</a>',
+                ((a.run_id, a.start_number, a.run_id, a.run.status) for a in attempts),
+            )
+            or "—"
+        )
+
+    def has_operate_permission(self, request) -> bool:
+        return request.user.has_perm(OPERATE_PERMISSION)
+
+    @admin.action(description=_("Cancel selected records"), permissions=["operate"])
+    def cancel_records(self, request, queryset):
+        self._apply(request, queryset, services.queue_record_cancel, _("cancelled"))
+
+    @admin.action(description=_("Retry selected records (ERROR only)"), permissions=["operate"])
+    def retry_records(self, request, queryset):
+        self._apply(request, queryset, services.queue_record_retry, _("sent back to the queue"))
+
+    @admin.action(
+        description=_("Move selected records to the front of their lane (waiting only)"),
+        permissions=["operate"],
+    )
+    def move_records_to_front(self, request, queryset):
+        # Last selected first, so that the selection keeps its order at the front.
+        queryset = queryset.order_by("-lane_position")
+        self._apply(request, queryset, services.queue_record_move_to_front, _("moved to the front"))
+
+    def _apply(self, request, queryset, service, done_text):
+        changed = 0
+        for record_id in queryset.values_list("id", flat=True):
+            try:
+                service(record_id=record_id)
+                changed += 1
+            except services.RecordConflict as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        if changed:
+            self.message_user(request, f"{changed} {done_text}", messages.SUCCESS)

@@ -1,0 +1,302 @@
+"""Writes of the scenario queue: enqueue, dispatch a lane, react to finished runs, cancel, retry.
+
+Every change to a lane happens inside :func:`_lane_lock`, a transaction-scoped advisory lock
+per scenario, so the head of a lane is decided by one process at a time; the partial unique
+index on RUNNING records is the backstop should that ever be bypassed. Runs are started through
+``runs.services.run_start``, whose message goes out only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from queue_catalog.models import LANE_SEQUENCE, NextValue, QueueRecord, QueueRun
+from queue_catalog.policies import rerun_delay, should_rerun
+from queue_catalog.states import ACTIVE_STATUSES, RecordStatus, transition_record
+from runs.models import Priority, Scenario, TestRun
+from runs.services import RunConflict, run_cancel, run_start
+from runs.states import TERMINAL_STATUSES as RUN_TERMINAL_STATUSES
+from runs.states import RunStatus
+
+logger = logging.getLogger(__name__)
+
+# Namespace of the advisory locks that serialise work on one lane (any constant would do).
+_LANE_LOCK_NAMESPACE = 7001
+
+
+class RecordConflict(Exception):
+    """The record's status does not allow the operation."""
+
+
+@contextmanager
+def _lane_lock(scenario_id: int):
+    """Run the block in a transaction that holds the lane's lock until commit."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [_LANE_LOCK_NAMESPACE, scenario_id]
+            )
+        yield
+
+
+def queue_record_create(
+    *,
+    scenario: Scenario,
+    payload: dict[str, Any],
+    priority: str = Priority.NORMAL,
+    max_attempts: int | None = None,
+) -> QueueRecord:
+    """Add a record at the tail of its scenario's lane; an idle lane starts it at once."""
+    return queue_records_create(
+        scenario=scenario, payloads=[payload], priority=priority, max_attempts=max_attempts
+    )[0]
+
+
+def queue_records_create(
+    *,
+    scenario: Scenario,
+    payloads: list[dict[str, Any]],
+    priority: str = Priority.NORMAL,
+    max_attempts: int | None = None,
+) -> list[QueueRecord]:
+    """Add several records to one lane with one INSERT, then start its head if the lane is idle."""
+    records = [
+        QueueRecord(
+            scenario=scenario,
+            payload=payload,
+            priority=priority,
+            max_attempts=max_attempts or settings.ORCHESTRA_QUEUE_MAX_ATTEMPTS,
+        )
+        for payload in payloads
+    ]
+    with _lane_lock(scenario.id):
+        QueueRecord.objects.bulk_create(records)
+        _dispatch_locked(scenario.id)
+    for record in records:
+        record.refresh_from_db()
+    return records
+
+
+def lane_dispatch(*, scenario_id: int) -> QueueRecord | None:
+    """Start the head of the lane if the lane is idle and the head is due; return it if started."""
+    with _lane_lock(scenario_id):
+        return _dispatch_locked(scenario_id)
+
+
+def _dispatch_locked(scenario_id: int) -> QueueRecord | None:
+    head = (
+        QueueRecord.objects.filter(scenario_id=scenario_id, status__in=ACTIVE_STATUSES)
+        .select_related("scenario")
+        .order_by("lane_position")
+        .first()
+    )
+    if head is None or head.status == RecordStatus.RUNNING:
+        return None
+    if head.next_attempt_at and head.next_attempt_at > timezone.now():
+        return None  # waiting out its backoff; it keeps the head, other lanes are unaffected
+    start_number = head.start_count + 1
+    run = run_start(
+        scenario=head.scenario,
+        payload=head.payload,
+        priority=head.priority,
+        context={"queueRecordId": head.id, "queueStartCount": start_number},
+    )
+    started = transition_record(
+        head.id,
+        to=RecordStatus.RUNNING,
+        start_count=start_number,
+        started_at=Now(),
+        process_code=str(run.id),
+        current_run=run,
+        next_attempt_at=None,
+    )
+    if not started:  # impossible under the lane lock; fail loudly rather than orphan the run
+        raise RecordConflict(f"record {head.id} changed while its lane was locked")
+    QueueRun.objects.create(record=head, run=run, start_number=start_number)
+    return head
+
+
+def queue_on_run_finished(*, run_id: int, status: str, context: dict[str, Any]) -> None:
+    """Advance the record whose run finished: DONE, re-run later, or ERROR; then its lane."""
+    record_id = context.get("queueRecordId")
+    if record_id is None:
+        return
+    scenario_id = (
+        QueueRecord.objects.filter(id=record_id).values_list("scenario_id", flat=True).first()
+    )
+    if scenario_id is None:
+        return
+    with _lane_lock(scenario_id):
+        record = QueueRecord.objects.filter(id=record_id).first()
+        if record is None or record.status != RecordStatus.RUNNING:
+            return  # cancelled meanwhile, or a late duplicate of this news
+        if record.current_run_id != run_id:
+            return  # news about an earlier start
+        _settle_locked(record, status, _run_error(run_id, status))
+        _dispatch_locked(scenario_id)
+
+
+def _run_error(run_id: int, status: str) -> str:
+    error = TestRun.objects.filter(id=run_id).values_list("error", flat=True).first()
+    return error or status
+
+
+def _settle_locked(record: QueueRecord, run_status: str, error: str) -> None:
+    if run_status == RunStatus.PASSED:
+        transition_record(record.id, to=RecordStatus.DONE, finished_at=Now())
+        return
+    if run_status == RunStatus.CANCELLED:
+        transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now())
+        return
+    errors = [
+        *record.errors,
+        {"attempt": record.start_count, "at": timezone.now().isoformat(), "message": error},
+    ]
+    if should_rerun(start_count=record.start_count, max_attempts=record.max_attempts):
+        delay = rerun_delay(
+            start_count=record.start_count,
+            base_seconds=settings.ORCHESTRA_QUEUE_RETRY_BASE_SECONDS,
+            max_seconds=settings.ORCHESTRA_QUEUE_RETRY_MAX_SECONDS,
+        )
+        transition_record(
+            record.id,
+            to=RecordStatus.SCHEDULED,
+            sources={RecordStatus.RUNNING},
+            errors=errors,
+            finished_at=Now(),
+            next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        )
+    else:
+        transition_record(record.id, to=RecordStatus.ERROR, errors=errors, finished_at=Now())
+
+
+def queue_record_cancel(*, record_id: int) -> QueueRecord:
+    """Cancel a record: a waiting one never starts; a running one stops and its lane moves on."""
+    record = QueueRecord.objects.get(id=record_id)
+    with _lane_lock(record.scenario_id):
+        record.refresh_from_db()
+        if not transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now()):
+            raise RecordConflict(f"record {record.id} is {record.status} and cannot be cancelled")
+        if record.status == RecordStatus.RUNNING and record.current_run_id:
+            # The run may have finished just now; the record stays cancelled either way.
+            with suppress(RunConflict):
+                run_cancel(run_id=record.current_run_id)
+        _dispatch_locked(record.scenario_id)
+    record.refresh_from_db()
+    return record
+
+
+def queue_record_retry(*, record_id: int) -> QueueRecord:
+    """Put an ERROR record back at the tail of its lane with a fresh allowance of starts.
+
+    Its start count and errors are kept (they are history); ``max_attempts`` grows by the
+    global default so the record may start that many more times.
+    """
+    record = QueueRecord.objects.get(id=record_id)
+    with _lane_lock(record.scenario_id):
+        retried = transition_record(
+            record.id,
+            to=RecordStatus.SCHEDULED,
+            sources={RecordStatus.ERROR},
+            lane_position=NextValue(LANE_SEQUENCE),
+            max_attempts=record.start_count + settings.ORCHESTRA_QUEUE_MAX_ATTEMPTS,
+            next_attempt_at=None,
+        )
+        if not retried:
+            record.refresh_from_db()
+            raise RecordConflict(f"record {record.id} is {record.status}; only ERROR can retry")
+        _dispatch_locked(record.scenario_id)
+    record.refresh_from_db()
+    return record
+
+
+def queue_record_move_to_front(*, record_id: int) -> QueueRecord:
+    """Move a waiting record to the front of its lane's waiting records.
+
+    The lane's guarantees hold: it never passes the record that holds the head (running, or
+    waiting out the backoff between its re-runs), so the lane still runs one record at a time
+    and a started record still finishes its starts before the next one begins. Only the order
+    of records that have not started changes, which is what the operator asks for.
+    """
+    record = QueueRecord.objects.get(id=record_id)
+    with _lane_lock(record.scenario_id):
+        record.refresh_from_db()
+        if record.status != RecordStatus.SCHEDULED:
+            raise RecordConflict(
+                f"record {record.id} is {record.status}; only a waiting record can move"
+            )
+        lane = QueueRecord.objects.filter(
+            scenario_id=record.scenario_id, status__in=ACTIVE_STATUSES
+        ).order_by("lane_position")
+        head = lane.first()
+        if head.status == RecordStatus.RUNNING or head.start_count > 0:
+            lane = lane.exclude(id=head.id)  # it keeps its place
+        front = lane.first()
+        if front.id != record.id:
+            # Shift the waiting records between the front and the record one place back.
+            QueueRecord.objects.filter(
+                scenario_id=record.scenario_id,
+                status=RecordStatus.SCHEDULED,
+                lane_position__gte=front.lane_position,
+                lane_position__lt=record.lane_position,
+            ).update(lane_position=F("lane_position") + 1)
+            QueueRecord.objects.filter(id=record.id).update(lane_position=front.lane_position)
+        _dispatch_locked(record.scenario_id)
+    record.refresh_from_db()
+    return record
+
+
+_ACTIVE_LANE_HEADS_SQL = """
+WITH RECURSIVE lanes(scenario_id) AS (
+    (SELECT scenario_id FROM queue_catalog_queuerecord
+      WHERE status IN ('SCHEDULED', 'RUNNING') ORDER BY scenario_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.scenario_id FROM queue_catalog_queuerecord q
+             WHERE q.status IN ('SCHEDULED', 'RUNNING') AND q.scenario_id > lanes.scenario_id
+             ORDER BY q.scenario_id LIMIT 1)
+      FROM lanes WHERE lanes.scenario_id IS NOT NULL
+)
+SELECT head.scenario_id
+  FROM lanes
+  CROSS JOIN LATERAL (
+      SELECT q.scenario_id, q.status, q.next_attempt_at, q.priority
+        FROM queue_catalog_queuerecord q
+       WHERE q.scenario_id = lanes.scenario_id AND q.status IN ('SCHEDULED', 'RUNNING')
+       ORDER BY q.lane_position LIMIT 1
+  ) head
+ WHERE head.status = 'SCHEDULED' AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= now())
+ ORDER BY CASE head.priority WHEN 'urgent' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END
+"""
+
+
+def queue_sweep() -> dict[str, int]:
+    """Drive what no event drives (run by Celery beat):
+
+    - re-runs whose backoff is over, and lanes whose hand-off was lost (a crash between one
+      record ending and the next starting): every idle lane whose head is due is dispatched;
+    - RUNNING records whose run finished but whose news was lost are settled.
+    The active lanes are found with an index skip-scan, so the cost grows with the number of
+    lanes, not with the number of waiting records.
+    """
+    stale = list(
+        QueueRecord.objects.filter(
+            status=RecordStatus.RUNNING,
+            current_run__status__in=RUN_TERMINAL_STATUSES,
+        ).values_list("current_run_id", "current_run__status", "current_run__context")
+    )
+    for run_id, status, context in stale:
+        queue_on_run_finished(run_id=run_id, status=status, context=context)
+    with connection.cursor() as cursor:
+        cursor.execute(_ACTIVE_LANE_HEADS_SQL)
+        due_lanes = [row[0] for row in cursor.fetchall()]
+    started = sum(1 for scenario_id in due_lanes if lane_dispatch(scenario_id=scenario_id))
+    return {"settled": len(stale), "started": started}

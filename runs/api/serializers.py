@@ -1,0 +1,270 @@
+from __future__ import annotations
+
+import json
+import re
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from plugins.registry import installed_plugins
+from runs.definition import DefinitionError, validate_definition
+from runs.models import DeadLetter, Priority, Scenario, StepResult, TestRun
+
+# A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Some character that is not whitespace as Python sees it: CharField strips exactly these, and
+# a text of nothing else is then blank. Spelled out because ECMA's \s (in the published
+# pattern) is another set.
+_NOT_BLANK = RegexValidator(
+    r"[^\t-\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    "must contain a character that is not whitespace",
+)
+_STEP_LABEL = re.compile(r"^(?P<section>\w+\[\d+\])(?: \((?P<name>.*?)\))?: (?P<field>.*)$")
+
+
+class ScenarioReferenceField(serializers.CharField):
+    """An active scenario named by its id or its name."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", "Scenario id or name.")
+        kwargs.setdefault("max_length", Scenario._meta.get_field("name").max_length)
+        kwargs.setdefault("validators", [_NOT_BLANK])
+        super().__init__(**kwargs)
+
+    def run_validation(self, data=serializers.empty) -> Scenario:
+        # Looked up only once the text passed CharField's checks: PostgreSQL cannot compare
+        # strings holding NUL or unpaired surrogates (they were a 500).
+        value = super().run_validation(data)
+        lookup = {"id": int(value)} if value.isascii() and value.isdigit() else {"name": value}
+        scenario = Scenario.objects.filter(**lookup).first()
+        if scenario is None:
+            raise serializers.ValidationError(f"no scenario {value!r}")
+        if not scenario.is_active:
+            raise serializers.ValidationError(f"scenario {value!r} is not active")
+        return scenario
+
+
+def _has_unstorable_text(value) -> bool:
+    """Whether a key or string at any depth holds a NUL or an unpaired surrogate: PostgreSQL's
+    jsonb stores neither (they were a 500)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_unstorable_text(k) or _has_unstorable_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_unstorable_text(item) for item in value)
+    return False
+
+
+@extend_schema_field(OpenApiTypes.OBJECT)
+class JsonObjectField(serializers.JSONField):
+    """A JSON value that must be an object, at most ``max_bytes`` long when serialised."""
+
+    def __init__(self, *, max_bytes: int | None = None, **kwargs):
+        self.max_bytes = max_bytes
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be a JSON object")
+        if _has_unstorable_text(value):
+            raise serializers.ValidationError(
+                "text must not contain NUL characters or unpaired surrogates"
+            )
+        if self.max_bytes and len(json.dumps(value)) > self.max_bytes:
+            raise serializers.ValidationError(f"must be at most {self.max_bytes} bytes as JSON")
+        return value
+
+
+def payload_field(**kwargs) -> JsonObjectField:
+    return JsonObjectField(max_bytes=settings.ORCHESTRA_API_MAX_PAYLOAD_BYTES, **kwargs)
+
+
+_STEP_OPENAPI = {
+    "type": "object",
+    "required": ["name", "plugin"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "plugin": {"type": "string", "minLength": 1},
+        "with": {"type": "object"},
+        "expect": {"type": "object"},
+    },
+}
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "Steps and `finally` steps, run in order; each step's `with` and `expect` "
+        "follow the JSON Schemas of its plugin (GET /api/plugins/).",
+        "required": ["steps"],
+        "properties": {
+            "steps": {"type": "array", "minItems": 1, "items": _STEP_OPENAPI},
+            "finally": {"type": "array", "items": _STEP_OPENAPI},
+        },
+    }
+)
+class DefinitionField(JsonObjectField):
+    """A scenario definition, validated in full; errors are keyed by their path in it."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        try:
+            validate_definition(value)
+        except DefinitionError as exc:
+            errors: dict[str, list[str]] = {}
+            for problem in exc.problems:
+                match = _STEP_LABEL.match(problem.path)
+                if match:
+                    path = f"{match['section']}.{match['field']}"
+                    message = (
+                        f"{match['name']}: {problem.message}"
+                        if match["name"]
+                        else (problem.message)
+                    )
+                else:
+                    path, message = problem.path or "definition", problem.message
+                errors.setdefault(path, []).append(message)
+            raise serializers.ValidationError(errors) from None
+        return value
+
+
+class ScenarioSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Scenario
+        fields = [
+            "id",
+            "name",
+            "description",
+            "definition",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "is_active", "created_at", "updated_at"]
+
+
+class ScenarioInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, validators=[_NOT_BLANK])
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    definition = DefinitionField()
+
+    def validate_name(self, value: str) -> str:
+        current = self.context.get("scenario")
+        taken = Scenario.objects.filter(name=value)
+        if current is not None:
+            taken = taken.exclude(id=current.id)
+        if taken.exists():
+            raise serializers.ValidationError("a scenario with this name already exists")
+        return value
+
+
+class DefinitionCheckSerializer(serializers.Serializer):
+    definition = DefinitionField()
+
+
+class DefinitionCheckResultSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    steps = serializers.IntegerField()
+
+
+class StepResultSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StepResult
+        fields = [
+            "attempt",
+            "position",
+            "name",
+            "plugin",
+            "is_cleanup",
+            "status",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "request",
+            "response",
+            "captures",
+            "assertions",
+            "tries",
+            "error",
+        ]
+
+
+class RunSerializer(serializers.ModelSerializer):
+    scenario = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    scenario_id = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = TestRun
+        fields = [
+            "id",
+            "scenario",
+            "scenario_id",
+            "status",
+            "priority",
+            "context",
+            "attempt",
+            "worker",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "error",
+        ]
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = StepResultSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "steps"]
+
+
+class RunStartSerializer(serializers.Serializer):
+    scenario = ScenarioReferenceField()
+    payload = payload_field(required=False, default=dict)
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+
+
+class DeadLetterSerializer(serializers.ModelSerializer):
+    run_id = serializers.IntegerField(source="run_id_hint", read_only=True, allow_null=True)
+
+    class Meta:
+        model = DeadLetter
+        fields = [
+            "id",
+            "task_id",
+            "task",
+            "run_id",
+            "reason",
+            "body",
+            "content_type",
+            "headers",
+            "status",
+            "received",
+            "created_at",
+            "redriven_at",
+        ]
+
+
+class PluginSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    params_schema = serializers.JSONField()
+    expect_schema = serializers.JSONField()
+
+
+def plugin_descriptions() -> list[dict]:
+    """Every installed plugin with the JSON Schemas of its ``with`` and ``expect`` blocks."""
+    return [
+        {
+            "name": name,
+            "description": (type(plugin).__doc__ or "").strip(),
+            "params_schema": plugin.params_schema,
+            "expect_schema": plugin.expect_schema,
+        }
+        for name, plugin in sorted(installed_plugins().items())
+    ]

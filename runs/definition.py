@@ -1,0 +1,321 @@
+"""Validation of scenario definitions, done when a scenario is saved, never first by a worker.
+
+Errors name the step and the field: ``steps[1] (fetch user): with.method: 'FETCH' is not one
+of [...]``. The overall shape is checked by a JSON Schema, each step's ``with`` and ``expect``
+blocks by the schema its plugin declares, templates for syntax and for names that can never be
+defined at that point, and capture expressions for JSONPath syntax.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from jsonschema import Draft202012Validator, ValidationError
+
+from plugins.jsonpaths import JsonPathError, compile_path
+from plugins.registry import UnknownPlugin, get_plugin
+from runs.policies import MAX_RETRY_DELAY
+from runs.templating import TemplateError, is_templated, referenced_names
+
+# Names every template may read besides variables and captures.
+CONTEXT_NAMES = frozenset({"payload", "queueRecordId", "queueStartCount", "run", "credentials"})
+
+_STEP_SCHEMA = {
+    "type": "object",
+    "required": ["name", "plugin"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "plugin": {"type": "string", "minLength": 1},
+        "with": {"type": "object"},
+        "expect": {"type": "object"},
+        "capture": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {"type": "string", "minLength": 1},
+        },
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        "retry": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+                "interval": {"type": "number", "minimum": 0, "maximum": MAX_RETRY_DELAY},
+                "backoff": {"type": "number", "minimum": 1, "maximum": 10},
+            },
+        },
+        "continue_on_failure": {"type": "boolean"},
+    },
+}
+
+DEFINITION_SCHEMA = {
+    "type": "object",
+    "required": ["steps"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "variables": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        },
+        "secrets": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "steps": {"type": "array", "minItems": 1, "items": _STEP_SCHEMA},
+        "finally": {"type": "array", "items": _STEP_SCHEMA},
+    },
+}
+_definition_validator = Draft202012Validator(DEFINITION_SCHEMA)
+
+
+@dataclass(frozen=True)
+class DefinitionProblem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DefinitionError(ValueError):
+    """A scenario definition is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[DefinitionProblem]) -> None:
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = problems
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """Problems grouped by field path, the shape DRF and Django forms report."""
+        grouped: dict[str, list[str]] = {}
+        for problem in self.problems:
+            grouped.setdefault(problem.path or "definition", []).append(problem.message)
+        return grouped
+
+
+def _json_path(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _join(prefix: str, path: str) -> str:
+    if not path:
+        return prefix
+    if not prefix:
+        return path
+    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+
+
+def _relevant(error: ValidationError) -> ValidationError:
+    """For ``oneOf``/``anyOf``, the error of the branch that had the right type, if one did.
+
+    ``status: 99`` then reads "99 is less than the minimum of 100", not "99 is not valid under
+    any of the given schemas".
+    """
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        typed = [sub for sub in error.context if sub.validator != "type"]
+        if typed:
+            return _relevant(max(typed, key=lambda sub: len(sub.absolute_path)))
+    return error
+
+
+def _error_problems(error: ValidationError) -> list[tuple[list, str]]:
+    """``(path parts, message)`` pairs for one JSON Schema error, naming the field at fault.
+
+    jsonschema reports a missing or unexpected field, and a badly named key, at the object that
+    holds it; a user wants the field itself: ``with.url: required field is missing``.
+    """
+    error = _relevant(error)
+    path = list(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "required" and isinstance(error.instance, dict):
+        return [
+            ([*path, name], "required field is missing")
+            for name in error.validator_value
+            if name not in error.instance
+        ]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        extras = [
+            key
+            for key in error.instance
+            if key not in allowed and not any(re.search(pattern, key) for pattern in patterns)
+        ]
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else " (none are allowed here)"
+        return [([*path, key], f"unexpected field{hint}") for key in extras]
+    if "propertyNames" in error.absolute_schema_path:
+        rule = (
+            f"must match {error.validator_value}" if error.validator == "pattern" else error.message
+        )
+        return [([*path, error.instance], f"{error.instance!r} is not a valid name: {rule}")]
+    if error.validator == "not" and set(error.validator_value) == {"required"}:
+        fields = " and ".join(error.validator_value["required"])
+        return [(path, f"{fields} cannot be used together")]
+    return [(path, error.message)]
+
+
+def _schema_problems(validator, instance: Any, prefix: str) -> list[DefinitionProblem]:
+    problems = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path))):
+        # A templated string's type is only known once rendered; it is checked again then.
+        if is_templated(_relevant(error).instance):
+            continue
+        for parts, message in _error_problems(error):
+            problems.append(DefinitionProblem(_join(prefix, _json_path(parts)), message))
+    return problems
+
+
+def _step_label(section: str, index: int, step: Any) -> str:
+    name = step.get("name") if isinstance(step, dict) else None
+    return f"{section}[{index}] ({name})" if isinstance(name, str) else f"{section}[{index}]"
+
+
+def _structure_problems(definition: Any) -> tuple[list[DefinitionProblem], set[tuple[str, int]]]:
+    """Problems with the overall shape, and the ``(section, index)`` of every step they touch.
+
+    A problem inside a step is reported under the step's label, like those its plugin finds.
+    """
+    problems, broken_steps = [], set()
+    for error in _definition_validator.iter_errors(definition):
+        for parts, message in _error_problems(error):
+            section = parts[0] if parts else None
+            if section in ("steps", "finally") and len(parts) > 1 and isinstance(parts[1], int):
+                step = definition[section][parts[1]]
+                broken_steps.add((section, parts[1]))
+                path = f"{_step_label(section, parts[1], step)}: {_json_path(parts[2:])}"
+                problems.append(DefinitionProblem(path.removesuffix(": "), message))
+            else:
+                problems.append(DefinitionProblem(_json_path(parts), message))
+    return problems, broken_steps
+
+
+def _steps_of(definition: dict) -> list[tuple[str, int, dict]]:
+    return [
+        (section, index, step)
+        for section in ("steps", "finally")
+        for index, step in enumerate(definition.get(section) or [])
+    ]
+
+
+def validate_definition(definition: Any) -> None:
+    """Raise :class:`DefinitionError` listing every problem in ``definition``."""
+    problems, broken_steps = _structure_problems(definition)
+    shape_ok = (
+        isinstance(definition, dict)
+        and isinstance(definition.get("steps"), list)
+        and isinstance(definition.get("finally", []), list)
+        and isinstance(definition.get("variables", {}), dict)
+        and isinstance(definition.get("secrets", []), list)
+    )
+    if not shape_ok:
+        raise DefinitionError(problems)
+    # Steps with a problem of their own shape are not checked further: their plugin's schema
+    # and their templates would only repeat it.
+    steps = [
+        (section, index, step)
+        for section, index, step in _steps_of(definition)
+        if (section, index) not in broken_steps
+    ]
+
+    total = len(definition["steps"]) + len(definition.get("finally", []))
+    if total > settings.ORCHESTRA_MAX_STEPS:
+        problems.append(
+            DefinitionProblem("steps", f"at most {settings.ORCHESTRA_MAX_STEPS} steps allowed")
+        )
+    first_use: dict[str, str] = {}
+    for section, index, step in steps:
+        label = _step_label(section, index, step)
+        if step["name"] in first_use:
+            problems.append(
+                DefinitionProblem(
+                    f"{label}: name", f"step names must be unique; also {first_use[step['name']]}"
+                )
+            )
+        first_use.setdefault(step["name"], f"{section}[{index}]")
+
+    variables = definition.get("variables", {})
+    for index, secret in enumerate(definition.get("secrets", [])):
+        if secret not in variables:
+            problems.append(DefinitionProblem(f"secrets[{index}]", f"{secret!r} is not a variable"))
+    # Variables are rendered in order, each seeing the launch context and those before it.
+    known = set(CONTEXT_NAMES)
+    for name, value in variables.items():
+        problems += _template_problems(value, f"variables.{name}", known)
+        known.add(name)
+
+    main_captures = {
+        name
+        for section, _index, step in steps
+        if section == "steps"
+        for name in step.get("capture", {})
+    }
+    # Clean-up steps run whatever happened before them: any capture may or may not exist.
+    cleanup_known = known | main_captures
+    for section, index, step in steps:
+        label = _step_label(section, index, step)
+        if section == "steps":
+            problems += _step_problems(step, label, known)
+            known |= set(step.get("capture", {}))
+        else:
+            problems += _step_problems(step, label, cleanup_known)
+            cleanup_known |= set(step.get("capture", {}))
+    if problems:
+        raise DefinitionError(problems)
+
+
+def _template_problems(value: Any, path: str, known: set[str]) -> list[DefinitionProblem]:
+    """Problems of the templates in ``value``, each at the exact path of its string."""
+    if isinstance(value, dict):
+        return [
+            problem
+            for key, item in value.items()
+            for problem in _template_problems(item, _join(path, str(key)), known)
+        ]
+    if isinstance(value, list):
+        return [
+            problem
+            for index, item in enumerate(value)
+            for problem in _template_problems(item, f"{path}[{index}]", known)
+        ]
+    try:
+        unknown = referenced_names(value) - known
+    except TemplateError as exc:
+        return [DefinitionProblem(path, f"template error {exc}")]
+    if unknown:
+        return [DefinitionProblem(path, f"unknown name(s) {sorted(unknown)} in a template")]
+    return []
+
+
+def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionProblem]:
+    try:
+        plugin = get_plugin(step["plugin"])
+    except UnknownPlugin as exc:
+        return [DefinitionProblem(f"{label}: plugin", str(exc))]
+    problems = _schema_problems(
+        Draft202012Validator(plugin.params_schema), step.get("with", {}), f"{label}: with"
+    )
+    problems += _schema_problems(
+        Draft202012Validator(plugin.expect_schema), step.get("expect", {}), f"{label}: expect"
+    )
+    for key in ("with", "expect"):
+        for field, value in step.get(key, {}).items():
+            problems += _template_problems(value, f"{label}: {key}.{field}", known)
+    for name, expression in step.get("capture", {}).items():
+        try:
+            compile_path(expression)
+        except JsonPathError as exc:
+            problems.append(DefinitionProblem(f"{label}: capture.{name}", str(exc)))
+    # By the contract of ``ProtocolPlugin.check``, ``expect.json`` maps JSONPaths to values; a
+    # malformed path would otherwise only show up as a failed assertion in every run.
+    expected_json = step.get("expect", {}).get("json")
+    if isinstance(expected_json, dict):
+        for expression in expected_json:
+            try:
+                compile_path(expression)
+            except JsonPathError as exc:
+                problems.append(DefinitionProblem(f"{label}: expect.json.{expression}", str(exc)))
+    return problems

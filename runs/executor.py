@@ -1,0 +1,313 @@
+"""Executes a claimed TestRun: steps in order through their plugins, each result committed.
+
+The flow for one delivery of a run's message:
+
+1. claim the run (``states.claim_run``): a duplicate or stale delivery claims nothing and is
+   dropped; a run claimed more often than ``ORCHESTRA_MAX_DELIVERY_ATTEMPTS`` is given up;
+2. run the main steps, then the ``finally`` steps, holding the lease meanwhile; each step's
+   result is committed when the step ends (the last one together with the run's final status);
+3. write the final status, conditional on still owning the run, and send ``run_finished``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from jsonschema import Draft202012Validator
+
+from plugins.base import Assertion, PluginError, PluginResult, StepContext
+from plugins.jsonpaths import JsonPathError
+from plugins.registry import UnknownPlugin, get_plugin
+from runs.leases import lease_keeper, owner_is_gone
+from runs.models import StepStatus, TestRun
+from runs.policies import DEFAULT_RETRY_INTERVAL, run_status_from_steps, step_retry_delay
+from runs.redaction import redact
+from runs.signals import run_finished
+from runs.states import STEP_COLUMNS, RunStatus, claim_run, finish_run, store_step
+from runs.templating import TemplateError, render
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    EXECUTED = "executed"
+    DUPLICATE = "duplicate"  # finished already, or running under a live owner
+    CANCELLED = "cancelled"
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class DeliveryLimitReached(RuntimeError):
+    """The run was claimed too often (its workers kept dying); it has been marked ERROR."""
+
+
+@dataclass
+class StepRecord:
+    """A step's outcome before it is stored."""
+
+    position: int
+    name: str
+    plugin: str
+    is_cleanup: bool
+    status: str
+    started_at: Any = None
+    finished_at: Any = None
+    duration_ms: float | None = None
+    request: dict = field(default_factory=dict)
+    response: dict = field(default_factory=dict)
+    captures: dict = field(default_factory=dict)
+    assertions: list = field(default_factory=list)
+    tries: list = field(default_factory=list)
+    error: str = ""
+
+    def columns(self) -> dict[str, Any]:
+        """The StepResult columns of this record."""
+        return {name: getattr(self, name) for name in STEP_COLUMNS}
+
+
+def run_execute(*, run_id: int, worker: str) -> Outcome:
+    """Claim and execute run ``run_id`` as ``worker``; see the module docstring."""
+    lease = settings.ORCHESTRA_RUN_LEASE_SECONDS
+    claim = claim_run(run_id, worker=worker, lease_seconds=lease)
+    if claim is None:
+        current = TestRun.objects.filter(id=run_id).values("status", "worker").first()
+        if current is None:
+            raise RunNotFound(f"run {run_id} does not exist")
+        if current["status"] == RunStatus.IN_PROGRESS and owner_is_gone(current["worker"]):
+            claim = claim_run(
+                run_id, worker=worker, lease_seconds=lease, takeover_from=current["worker"]
+            )
+        if claim is None:
+            logger.info("run %s: dropping duplicate delivery (%s)", run_id, current["status"])
+            return Outcome.DUPLICATE
+
+    if claim.attempt > settings.ORCHESTRA_MAX_DELIVERY_ATTEMPTS:
+        message = (
+            f"gave up after {claim.attempt - 1} deliveries: the worker executing it was lost "
+            "each time"
+        )
+        _finish(run_id, worker, claim.attempt, RunStatus.ERROR, message, claim.context)
+        raise DeliveryLimitReached(message)
+
+    with lease_keeper.hold(run_id, worker, claim.attempt):
+        executor = _RunExecution(run_id, claim.attempt, claim.definition, claim.context)
+        status, error, last_record = executor.execute()
+    finished = _finish(
+        run_id, worker, claim.attempt, status, error, claim.context, last_record=last_record
+    )
+    return Outcome.EXECUTED if finished else Outcome.CANCELLED
+
+
+def _finish(
+    run_id: int,
+    worker: str,
+    attempt: int,
+    status: str,
+    error: str,
+    context: dict,
+    *,
+    last_record: StepRecord | None = None,
+) -> bool:
+    """Store the last step and the final status in one statement; False if the run was taken."""
+    finished = finish_run(
+        run_id,
+        to=status,
+        worker=worker,
+        attempt=attempt,
+        error=error[:10000],
+        last_step=last_record.columns() if last_record is not None else None,
+    )
+    if finished:
+        transaction.on_commit(
+            lambda: run_finished.send(sender=TestRun, run_id=run_id, status=status, context=context)
+        )
+    return finished
+
+
+def _run_is_cancelled(run_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM runs_testrun WHERE id = %s", [run_id])
+        row = cursor.fetchone()
+    return row is None or row[0] != RunStatus.IN_PROGRESS
+
+
+class _RunExecution:
+    """The steps of one attempt of one run."""
+
+    def __init__(self, run_id: int, attempt: int, definition: dict, context: dict) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.definition = definition
+        self.scope: dict[str, Any] = {
+            "payload": context.get("payload", {}),
+            "queueRecordId": context.get("queueRecordId"),
+            "queueStartCount": context.get("queueStartCount"),
+            "run": {"id": run_id, "attempt": attempt},
+            "credentials": settings.ORCHESTRA_CREDENTIALS,
+        }
+        self.secrets: set[str] = set(settings.ORCHESTRA_CREDENTIALS.values())
+        self.statuses: list[str] = []
+        self.failures: list[StepRecord] = []
+        self.pending: StepRecord | None = None
+
+    def execute(self) -> tuple[str, str, StepRecord | None]:
+        """Run every step; return (run status, error text, the last, not yet stored, record)."""
+        try:
+            self._render_variables()
+        except TemplateError as exc:
+            return RunStatus.ERROR, f"variables: {exc}", None
+
+        steps = self.definition["steps"]
+        cleanup = self.definition.get("finally", [])
+        stop_reason = ""
+        for position, step in enumerate(steps):
+            if stop_reason:
+                self._record(self._skipped(position, step, False, stop_reason))
+                continue
+            if position and self._stop_requested():
+                return RunStatus.CANCELLED, "cancelled", self.pending
+            record = self._run_step(position, step, is_cleanup=False)
+            self._record(record)
+            if record.status != StepStatus.PASSED and not step.get("continue_on_failure"):
+                stop_reason = f"skipped: step {step['name']!r} {record.status.lower()}"
+        for offset, step in enumerate(cleanup):
+            if self._stop_requested():
+                return RunStatus.CANCELLED, "cancelled", self.pending
+            self._record(self._run_step(len(steps) + offset, step, is_cleanup=True))
+
+        status = run_status_from_steps(self.statuses)
+        error = "; ".join(f"{r.name}: {r.error}" for r in self.failures if r.error)
+        return status, error, self.pending
+
+    def _record(self, record: StepRecord) -> None:
+        # Every step is committed when the next one starts; the last is stored with the final
+        # status by the caller, saving one commit per run.
+        if self.pending is not None:
+            store_step(self.run_id, attempt=self.attempt, step=self.pending.columns())
+        self.pending = record
+        self.statuses.append(record.status)
+        if record.status in (StepStatus.FAILED, StepStatus.ERROR):
+            self.failures.append(record)
+
+    def _stop_requested(self) -> bool:
+        if self.pending is not None:
+            store_step(self.run_id, attempt=self.attempt, step=self.pending.columns())
+            self.pending = None
+        return lease_keeper.lost or _run_is_cancelled(self.run_id)
+
+    def _render_variables(self) -> None:
+        variables = {}
+        for name, value in self.definition.get("variables", {}).items():
+            variables[name] = render(value, {**self.scope, **variables})
+        self.scope.update(variables)
+        for name in self.definition.get("secrets", []):
+            value = variables.get(name)
+            if isinstance(value, str | int | float) and str(value):
+                self.secrets.add(str(value))
+
+    def _skipped(self, position: int, step: dict, is_cleanup: bool, reason: str) -> StepRecord:
+        return StepRecord(
+            position, step["name"], step["plugin"], is_cleanup, StepStatus.SKIPPED, error=reason
+        )
+
+    def _run_step(self, position: int, step: dict, *, is_cleanup: bool) -> StepRecord:
+        retry = step.get("retry", {})
+        max_tries = retry.get("attempts", 1)
+        interval = retry.get("interval", DEFAULT_RETRY_INTERVAL)
+        backoff = retry.get("backoff", 1.0)
+        timeout = float(step.get("timeout", settings.ORCHESTRA_DEFAULT_STEP_TIMEOUT))
+        record = StepRecord(position, step["name"], step["plugin"], is_cleanup, StepStatus.ERROR)
+        record.started_at = timezone.now()
+        started = time.monotonic()
+        for try_number in range(1, max_tries + 1):
+            try_started = time.monotonic()
+            retryable = self._try_step(step, record, timeout)
+            record.tries.append(
+                {
+                    "try": try_number,
+                    "status": record.status,
+                    "duration_ms": round((time.monotonic() - try_started) * 1000, 2),
+                    "error": record.error,
+                }
+            )
+            if record.status == StepStatus.PASSED or not retryable or try_number == max_tries:
+                break
+            time.sleep(
+                step_retry_delay(interval=interval, backoff=backoff, failed_tries=try_number)
+            )
+        record.finished_at = timezone.now()
+        record.duration_ms = round((time.monotonic() - started) * 1000, 2)
+        if record.status == StepStatus.PASSED:
+            self.scope.update(record.captures)
+        for name in ("request", "response", "captures", "assertions", "tries"):
+            setattr(record, name, redact(getattr(record, name), self.secrets))
+        record.error = redact(record.error, self.secrets)
+        return record
+
+    def _try_step(self, step: dict, record: StepRecord, timeout: float) -> bool:
+        """One try; fills ``record`` and returns whether another try may change the outcome."""
+        record.request, record.response, record.captures, record.assertions = {}, {}, {}, []
+        try:
+            plugin = get_plugin(step["plugin"])
+            params = render(step.get("with", {}), self.scope)
+            expect = render(step.get("expect", {}), self.scope)
+            problems = _schema_problems(plugin.params_schema, params, "with")
+            problems += _schema_problems(plugin.expect_schema, expect, "expect")
+            if problems:
+                raise PluginError("; ".join(problems))
+            context = StepContext(run_id=self.run_id, step_name=step["name"], timeout=timeout)
+            result = plugin.execute(params, context)
+            record.request, record.response = result.request, result.response
+            assertions = plugin.check(expect, result)
+            assertions += self._capture(plugin, step.get("capture", {}), result, record)
+        except (TemplateError, UnknownPlugin) as exc:
+            record.status, record.error = StepStatus.ERROR, str(exc)
+            return False
+        except PluginError as exc:
+            record.status, record.error = StepStatus.ERROR, str(exc)
+            return exc.retryable
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # a plugin bug must not take the worker down with it
+            logger.exception("plugin %s crashed in run %s", step["plugin"], self.run_id)
+            record.status = StepStatus.ERROR
+            record.error = f"plugin {step['plugin']} crashed: {type(exc).__name__}: {exc}"
+            return False
+
+        record.assertions = [assertion.as_dict() for assertion in assertions]
+        failed = [assertion.message for assertion in assertions if not assertion.passed]
+        record.status = StepStatus.FAILED if failed else StepStatus.PASSED
+        record.error = "; ".join(failed)
+        return bool(failed)  # expectations may hold on a later try (polling)
+
+    def _capture(
+        self, plugin, captures: dict[str, str], result: PluginResult, record: StepRecord
+    ) -> list[Assertion]:
+        failures = []
+        for name, expression in captures.items():
+            try:
+                record.captures[name] = plugin.capture(expression, result)
+            except JsonPathError as exc:
+                failures.append(
+                    Assertion(f"capture {name}", False, expression, None, f"capture {name}: {exc}")
+                )
+        return failures
+
+
+def _schema_problems(schema: dict, value: Any, block: str) -> list[str]:
+    """What is wrong with a rendered ``with``/``expect`` block, each naming the field."""
+    problems = []
+    for error in Draft202012Validator(schema).iter_errors(value):
+        path = ".".join(map(str, error.absolute_path))
+        problems.append(f"{block}.{path}: {error.message}" if path else f"{block}: {error.message}")
+    return problems

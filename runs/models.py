@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from runs.definition import DefinitionError, validate_definition
+from runs.states import RunStatus
+
+
+class Priority(models.TextChoices):
+    URGENT = "urgent", _("Urgent")
+    NORMAL = "normal", _("Normal")
+    BACKGROUND = "background", _("Background")
+
+
+class Scenario(models.Model):
+    """A named, validated list of steps that can be launched as TestRuns."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    description = models.TextField(_("description"), blank=True)
+    definition = models.JSONField(_("definition"))
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("scenario")
+        verbose_name_plural = _("scenarios")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        # The last line of defence: an invalid definition never reaches the table, whichever
+        # path (service, admin, shell) tries to store it. A save that leaves the definition
+        # alone (update_fields without it: deactivation) stores a definition validated before.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "definition" in update_fields:
+            self.clean()
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        try:
+            validate_definition(self.definition)
+        except DefinitionError as exc:
+            raise ValidationError({"definition": [str(p) for p in exc.problems]}) from None
+
+
+class TestRun(models.Model):
+    """One launch of a scenario, executed by a worker; see ``runs.states`` for its lifecycle."""
+
+    __test__ = False  # not a pytest test class
+
+    # Indexed by run_scenario_idx (scenario, -id), which also serves the foreign key.
+    scenario = models.ForeignKey(
+        Scenario,
+        on_delete=models.PROTECT,
+        related_name="runs",
+        verbose_name=_("scenario"),
+        db_index=False,
+    )
+    status = models.CharField(
+        _("status"), max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED
+    )
+    priority = models.CharField(
+        _("priority"), max_length=16, choices=Priority.choices, default=Priority.NORMAL
+    )
+    # The definition as it was at launch: a run records exactly what it executed.
+    definition = models.JSONField(_("definition"))
+    # payload, queueRecordId, queueStartCount ... as seen by templates.
+    context = models.JSONField(_("launch context"), default=dict, blank=True)
+    attempt = models.PositiveIntegerField(
+        _("delivery attempt"), default=0, help_text=_("How many times a worker claimed this run.")
+    )
+    worker = models.CharField(
+        _("process code"), max_length=255, blank=True, help_text=_("host:pid of the executor.")
+    )
+    lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
+    queued_at = models.DateTimeField(_("queued"), auto_now_add=True, db_index=True)
+    dispatched_at = models.DateTimeField(_("published"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("test run")
+        verbose_name_plural = _("test runs")
+        ordering = ["-id"]
+        permissions = [("operate", _("Can start, cancel, retry and edit runs and the queue"))]
+        indexes = [
+            models.Index(fields=["scenario", "-id"], name="run_scenario_idx"),
+            # The sweeps look only at unfinished runs; a partial index keeps that cheap.
+            models.Index(
+                fields=["status", "queued_at"],
+                name="run_unfinished_idx",
+                condition=models.Q(status__in=["QUEUED", "IN_PROGRESS"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.scenario_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        from runs.states import TERMINAL_STATUSES
+
+        return self.status in TERMINAL_STATUSES
+
+
+class StepStatus(models.TextChoices):
+    PASSED = "PASSED", _("Passed")
+    FAILED = "FAILED", _("Failed")
+    ERROR = "ERROR", _("Error")
+    SKIPPED = "SKIPPED", _("Skipped")
+
+
+class StepResult(models.Model):
+    """The recorded outcome of one step in one attempt of a run (written once, when it ends)."""
+
+    # Indexed by the unique constraint (run, attempt, position), which also serves the key.
+    run = models.ForeignKey(
+        TestRun,
+        on_delete=models.CASCADE,
+        related_name="steps",
+        verbose_name=_("run"),
+        db_index=False,
+    )
+    attempt = models.PositiveIntegerField(_("delivery attempt"))
+    position = models.PositiveIntegerField(_("position"))
+    name = models.CharField(_("name"), max_length=200)
+    plugin = models.CharField(_("plugin"), max_length=100)
+    is_cleanup = models.BooleanField(_("finally step"), default=False)
+    status = models.CharField(_("status"), max_length=16, choices=StepStatus.choices)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
+    request = models.JSONField(_("request"), default=dict, blank=True)
+    response = models.JSONField(_("response"), default=dict, blank=True)
+    captures = models.JSONField(_("captured variables"), default=dict, blank=True)
+    assertions = models.JSONField(_("assertions"), default=list, blank=True)
+    tries = models.JSONField(_("tries"), default=list, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("step result")
+        verbose_name_plural = _("step results")
+        ordering = ["run", "attempt", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "attempt", "position"], name="one_result_per_step_and_attempt"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.status}"
+
+
+class DeadLetterStatus(models.TextChoices):
+    WAITING = "WAITING", _("Waiting")
+    REDRIVEN = "REDRIVEN", _("Re-driven")
+
+
+class DeadLetter(models.Model):
+    """A message that reached the dead-letter queue, kept visible and re-drivable."""
+
+    task_id = models.CharField(_("task id"), max_length=64, blank=True, db_index=True)
+    task = models.CharField(_("task"), max_length=200, blank=True)
+    run_id_hint = models.BigIntegerField(_("run id"), null=True, blank=True)
+    reason = models.TextField(_("reason"), blank=True)
+    body = models.TextField(_("body"), blank=True)
+    content_type = models.CharField(_("content type"), max_length=100, blank=True)
+    headers = models.JSONField(_("headers"), default=dict, blank=True)
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=DeadLetterStatus.choices,
+        default=DeadLetterStatus.WAITING,
+    )
+    received = models.BooleanField(
+        _("drained from the broker"),
+        default=False,
+        help_text=_("False: only the reason is known yet."),
+    )
+    created_at = models.DateTimeField(_("dead-lettered"), auto_now_add=True, db_index=True)
+    redriven_at = models.DateTimeField(_("re-driven"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.task or 'message'} {self.task_id}: {self.reason[:60]}"

@@ -1,0 +1,111 @@
+"""Run reports: JUnit XML (scenario = testsuite, step = testcase) and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+from xml.etree import ElementTree
+
+from django.template.loader import render_to_string
+
+from runs.models import StepResult, TestRun
+from runs.selectors import latest_attempt_steps
+
+
+def _seconds(step: StepResult) -> str:
+    return f"{(step.duration_ms or 0) / 1000:.3f}"
+
+
+def run_junit_xml(run: TestRun) -> str:
+    """The run's latest attempt as a JUnit XML document (one testsuite inside testsuites)."""
+    steps = latest_attempt_steps(run)
+    counts = {
+        "tests": len(steps),
+        "failures": sum(step.status == "FAILED" for step in steps),
+        "errors": sum(step.status == "ERROR" for step in steps),
+        "skipped": sum(step.status == "SKIPPED" for step in steps),
+    }
+    total = sum((step.duration_ms or 0) for step in steps) / 1000
+    suites = ElementTree.Element(
+        "testsuites",
+        name="orchestra",
+        time=f"{total:.3f}",
+        **{k: str(v) for k, v in counts.items()},
+    )
+    suite = ElementTree.SubElement(
+        suites,
+        "testsuite",
+        name=run.scenario.name,
+        id=str(run.id),
+        time=f"{total:.3f}",
+        timestamp=(run.started_at or run.queued_at).isoformat(),
+        hostname=run.worker.rpartition(":")[0] or "unknown",
+        **{k: str(v) for k, v in counts.items()},
+    )
+    properties = ElementTree.SubElement(suite, "properties")
+    for name, value in [
+        ("run_id", run.id),
+        ("status", run.status),
+        ("attempt", run.attempt),
+        ("priority", run.priority),
+    ]:
+        ElementTree.SubElement(properties, "property", name=name, value=str(value))
+    for step in steps:
+        case = ElementTree.SubElement(
+            suite, "testcase", classname=run.scenario.name, name=step.name, time=_seconds(step)
+        )
+        if step.status == "FAILED":
+            failure = ElementTree.SubElement(
+                case, "failure", message=step.error[:500], type="AssertionError"
+            )
+            failure.text = json.dumps(step.assertions, indent=2, ensure_ascii=False)
+        elif step.status == "ERROR":
+            error = ElementTree.SubElement(
+                case, "error", message=step.error[:500], type="StepError"
+            )
+            error.text = step.error
+        elif step.status == "SKIPPED":
+            ElementTree.SubElement(case, "skipped", message=step.error[:500])
+        if step.tries:
+            output = ElementTree.SubElement(case, "system-out")
+            output.text = json.dumps(
+                {
+                    "request": step.request,
+                    "response": step.response,
+                    "captures": step.captures,
+                    "tries": step.tries,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+    ElementTree.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(
+        suites, encoding="unicode"
+    )
+
+
+def run_html_report(run: TestRun) -> str:
+    """A self-contained HTML page (inline CSS, no scripts) with every attempt's steps."""
+    steps = list(run.steps.order_by("attempt", "position"))
+    attempts = sorted({step.attempt for step in steps})
+    return render_to_string(
+        "runs/report.html",
+        {
+            "run": run,
+            "attempts": [
+                {
+                    "number": number,
+                    "steps": [
+                        {
+                            "step": step,
+                            "request": json.dumps(step.request, indent=2, ensure_ascii=False),
+                            "response": json.dumps(step.response, indent=2, ensure_ascii=False),
+                            "captures": json.dumps(step.captures, indent=2, ensure_ascii=False),
+                        }
+                        for step in steps
+                        if step.attempt == number
+                    ],
+                }
+                for number in attempts
+            ],
+        },
+    )

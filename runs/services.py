@@ -1,0 +1,201 @@
+"""Writes of the run engine: scenarios, starting, publishing, cancelling and sweeping runs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from runs.models import Priority, Scenario, TestRun
+from runs.signals import run_finished
+from runs.states import RunStatus, transition_run
+
+logger = logging.getLogger(__name__)
+
+
+class RunConflict(Exception):
+    """The run is in a status that does not allow the operation (e.g. cancelling a finished run)."""
+
+
+def scenario_save(*, name: str, definition: dict[str, Any], description: str = "") -> Scenario:
+    """Create the scenario ``name`` or replace its definition; invalid definitions are refused.
+
+    Raises ``django.core.exceptions.ValidationError`` naming the step and field at fault.
+    """
+    scenario = Scenario.objects.filter(name=name).first() or Scenario(name=name)
+    scenario.definition = definition
+    if not description and isinstance(definition, dict):
+        description = definition.get("description", "")
+    scenario.description = description
+    scenario.full_clean()
+    scenario.save()
+    return scenario
+
+
+def scenario_update(
+    *,
+    scenario: Scenario,
+    name: str | None = None,
+    description: str | None = None,
+    definition: dict[str, Any] | None = None,
+) -> Scenario:
+    """Change a scenario; a new definition is validated before it is stored."""
+    if name is not None:
+        scenario.name = name
+    if description is not None:
+        scenario.description = description
+    if definition is not None:
+        scenario.definition = definition
+    scenario.full_clean()
+    scenario.save()
+    return scenario
+
+
+def scenario_set_active(*, scenario: Scenario, is_active: bool) -> Scenario:
+    """Deactivate (no new runs may start) or reactivate a scenario; its history stays."""
+    scenario.is_active = is_active
+    scenario.save(update_fields=["is_active", "updated_at"])
+    return scenario
+
+
+def run_start(
+    *,
+    scenario: Scenario,
+    payload: dict[str, Any] | None = None,
+    priority: str = Priority.NORMAL,
+    context: dict[str, Any] | None = None,
+) -> TestRun:
+    """Create a QUEUED run and publish its message once the surrounding transaction commits."""
+    return runs_start(
+        scenario=scenario, payloads=[payload or {}], priority=priority, context=context
+    )[0]
+
+
+def runs_start(
+    *,
+    scenario: Scenario,
+    payloads: list[dict[str, Any]],
+    priority: str = Priority.NORMAL,
+    context: dict[str, Any] | None = None,
+) -> list[TestRun]:
+    """Start one run per payload with a single INSERT; messages go out after commit."""
+    if not scenario.is_active:
+        raise ValidationError({"scenario": f"scenario {scenario.name!r} is not active"})
+    if priority not in Priority.values:
+        raise ValidationError({"priority": f"must be one of {Priority.values}"})
+    runs = [
+        TestRun(
+            scenario=scenario,
+            priority=priority,
+            definition=scenario.definition,
+            context={**(context or {}), "payload": payload},
+        )
+        for payload in payloads
+    ]
+    with transaction.atomic():
+        TestRun.objects.bulk_create(runs)
+        transaction.on_commit(lambda: runs_publish(runs))
+    return runs
+
+
+def runs_publish(runs: list[TestRun]) -> None:
+    """Publish one message per run (its id only), then note that it went out.
+
+    A crash between the commit and this call leaves the run QUEUED with no ``dispatched_at``;
+    ``runs_sweep`` republishes it. A publish that fails is logged and left to the same sweep.
+    """
+    from celeryconfig import PRIORITIES
+    from runs.tasks import execute_run
+
+    published = []
+    with execute_run.app.producer_or_acquire() as producer:
+        for run in runs:
+            try:
+                execute_run.apply_async(
+                    args=[run.id], priority=PRIORITIES[run.priority], producer=producer
+                )
+            except Exception:
+                logger.exception("could not publish run %s; the sweep will retry", run.id)
+                continue
+            published.append(run.id)
+    if published:
+        TestRun.objects.filter(id__in=published, dispatched_at__isnull=True).update(
+            dispatched_at=Now()
+        )
+
+
+def run_rerun(*, run_id: int) -> TestRun:
+    """Start a new run of the same scenario with the same payload and priority."""
+    run = TestRun.objects.select_related("scenario").get(id=run_id)
+    return run_start(
+        scenario=run.scenario, payload=run.context.get("payload") or {}, priority=run.priority
+    )
+
+
+def run_cancel(*, run_id: int) -> TestRun:
+    """Cancel a run: a queued one never starts, a running one stops before its next step.
+
+    Raises ``TestRun.DoesNotExist`` or :class:`RunConflict` when the run already finished.
+    """
+    run = TestRun.objects.get(id=run_id)
+    cancelled = transition_run(
+        run_id,
+        to=RunStatus.CANCELLED,
+        finished_at=Now(),
+        lease_expires_at=None,
+        error="cancelled",
+    )
+    if not cancelled:
+        run.refresh_from_db()
+        raise RunConflict(f"run {run_id} is {run.status} and cannot be cancelled")
+    transaction.on_commit(
+        lambda: run_finished.send(
+            sender=TestRun, run_id=run_id, status=RunStatus.CANCELLED, context=run.context
+        )
+    )
+    run.refresh_from_db()
+    return run
+
+
+def runs_sweep() -> dict[str, int]:
+    """Repair runs whose message went missing; safe to run anywhere, any number of times.
+
+    - QUEUED runs never published (crash between commit and publish) are published;
+    - IN_PROGRESS runs whose lease lapsed (their worker died unnoticed, e.g. a whole host) go
+      back to QUEUED and are published again; the next claim counts the attempt.
+    Duplicated messages are harmless: the claim lets only one delivery execute a run.
+    """
+    grace = timezone.now() - timedelta(seconds=settings.ORCHESTRA_PUBLISH_GRACE_SECONDS)
+    unpublished = list(
+        TestRun.objects.filter(
+            status=RunStatus.QUEUED, dispatched_at__isnull=True, queued_at__lt=grace
+        ).order_by("id")[:1000]
+    )
+    lapsed_ids = list(
+        TestRun.objects.filter(
+            status=RunStatus.IN_PROGRESS, lease_expires_at__lt=Now()
+        ).values_list("id", flat=True)[:1000]
+    )
+    requeued = [
+        run_id
+        for run_id in lapsed_ids
+        if transition_run(
+            run_id,
+            to=RunStatus.QUEUED,
+            where_lease_expires_at__lt=Now(),
+            dispatched_at=None,
+        )
+    ]
+    requeued_runs = list(TestRun.objects.filter(id__in=requeued))
+    runs_publish(unpublished + requeued_runs)
+    if unpublished or requeued:
+        logger.warning(
+            "sweep republished %d unpublished and %d lapsed runs", len(unpublished), len(requeued)
+        )
+    return {"republished": len(unpublished), "requeued": len(requeued)}

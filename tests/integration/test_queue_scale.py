@@ -1,0 +1,57 @@
+"""Dispatch cost must not grow with queue depth: the lane queries use indexes at 100,000 records."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from queue_catalog.services import _ACTIVE_LANE_HEADS_SQL
+from tests.factories import make_scenario
+
+pytestmark = pytest.mark.usefixtures("transactional_db")
+
+HEAD_OF_LANE_SQL = """
+SELECT id FROM queue_catalog_queuerecord
+ WHERE scenario_id = %s AND status IN ('SCHEDULED', 'RUNNING')
+ ORDER BY lane_position LIMIT 1
+"""
+
+
+def explain(sql: str, params=()) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.fixture
+def deep_queue():
+    scenarios = [make_scenario() for _ in range(100)]
+    ids = [s.id for s in scenarios]
+    with connection.cursor() as cursor:
+        # 100,000 waiting records plus as many finished ones, spread over 100 lanes.
+        cursor.execute(
+            """
+            INSERT INTO queue_catalog_queuerecord
+                (scenario_id, payload, status, process_code, start_count, errors, priority,
+                 max_attempts, created_at)
+            SELECT (%s::bigint[])[1 + n %% 100], '{}'::jsonb,
+                   CASE WHEN n <= 100000 THEN 'SCHEDULED' ELSE 'DONE' END,
+                   '', 0, '[]'::jsonb, 'normal', 5, now()
+              FROM generate_series(1, 200000) AS n
+            """,
+            [ids],
+        )
+        cursor.execute("ANALYZE queue_catalog_queuerecord")
+    return ids
+
+
+def test_head_of_a_lane_is_an_index_lookup_at_100000_records(deep_queue):
+    plan = explain(HEAD_OF_LANE_SQL, [deep_queue[0]])
+    assert "queue_active_lane_idx" in plan, plan
+    assert "Seq Scan" not in plan and "Sort" not in plan, plan
+
+
+def test_finding_due_lanes_skips_through_the_index_at_100000_records(deep_queue):
+    plan = explain(_ACTIVE_LANE_HEADS_SQL)
+    assert "Seq Scan on queue_catalog_queuerecord" not in plan, plan
+    assert "queue_active_lane_idx" in plan, plan
