@@ -8,7 +8,11 @@ round trip can be counted and timed without other processes in the way:
   before and after, as ``orchestra.celery`` hooks it, then ``runs.executor.run_execute``);
 - **orchestra, start side**: ``runs_start`` of K runs (one INSERT, K publishes, one UPDATE);
 - **hand-written peer, worker side**: ``bench.peers.handwritten`` run in this process;
-- **peer, start side**: K ``apply_async`` of it.
+- **peer, start side**: K ``apply_async`` of it;
+- **queue worker**: K records of one scenario's lane, each record's run executed as above;
+  the run's end hands the lane to the next record (``queue_on_run_finished``: the record
+  ``DONE``, the next one's run started and published), so this minus *orchestra worker* is
+  what a queue hand-off costs.
 
 Round trips are counted from what psycopg2 sends: every statement, the ``BEGIN`` it issues
 before the first statement of a transaction, every ``COMMIT``, and Django's ``SELECT 1``
@@ -185,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from runs import executor
     from runs.leases import worker_identity
     from runs.models import Scenario
+    from queue_catalog import services as queue_services
     from runs.services import runs_start, scenario_save
 
     # As orchestra.celery.keep_database_connections sets it up in a worker.
@@ -219,11 +224,34 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(n):
             peers.handwritten.run({})
 
+    lane_run_ids: list[int] = []
+    queue_run_start = queue_services.run_start
+
+    def run_start_noting_id(**kwargs):
+        run = queue_run_start(**kwargs)
+        lane_run_ids.append(run.id)
+        return run
+
+    queue_services.run_start = run_start_noting_id
+
+    def queue_worker(n: int) -> None:
+        # The lane's head starts when its records are created (not measured: one INSERT).
+        for position in range(n):
+            close_old_connections()
+            executor.run_execute(run_id=lane_run_ids[position], worker=worker)
+            close_old_connections()
+
+    def queue_enqueue(n: int) -> None:
+        lane_run_ids.clear()
+        queue_services.queue_records_create(scenario=scenario, payloads=[{} for _ in range(n)])
+
     phases = [
         ("orchestra start", orchestra_start),
         ("orchestra worker", orchestra_worker),
         ("peer start", peer_start),
         ("peer worker", peer_worker),
+        ("queue enqueue", queue_enqueue),
+        ("queue worker", queue_worker),
     ]
     results = []
     try:

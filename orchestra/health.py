@@ -21,9 +21,12 @@ def health_check(*, ping_timeout: float = 0.5) -> dict:
         logger.warning("health: database unreachable", exc_info=True)
         result["database"] = "unreachable"
     try:
+        # A fresh connection, not one from the pool: a pooled connection may
+        # have been closed by a broker restart since it was last used.
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-        result["workers"] = len(app.control.ping(timeout=ping_timeout) or [])
+            replies = app.control.ping(timeout=ping_timeout, connection=conn)
+        result["workers"] = len(replies or [])
     except Exception:
         logger.warning("health: broker unreachable", exc_info=True)
         result["broker"] = "unreachable"

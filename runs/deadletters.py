@@ -8,7 +8,6 @@ import logging
 
 from django.db import transaction
 from django.db.models.functions import Now
-from kombu import Producer
 
 from runs.models import DeadLetter, DeadLetterStatus
 
@@ -110,7 +109,8 @@ def dead_letter_redrive(*, dead_letter_id: int) -> DeadLetter:
             raise DeadLetterConflict(f"dead letter {letter.id} has not been drained yet")
         headers = {k: v for k, v in letter.headers.items() if not k.startswith("x-")}
         with app.producer_or_acquire() as producer:
-            Producer(producer.channel).publish(
+            # retry: a pooled connection may have died with a broker restart
+            producer.publish(
                 letter.body.encode(),
                 exchange=runs_exchange,
                 routing_key=RUNS_QUEUE,
@@ -119,6 +119,8 @@ def dead_letter_redrive(*, dead_letter_id: int) -> DeadLetter:
                 headers=headers,
                 delivery_mode=2,
                 declare=[],
+                retry=True,
+                retry_policy={"max_retries": 3},
             )
         DeadLetter.objects.filter(id=letter.id).update(
             status=DeadLetterStatus.REDRIVEN, redriven_at=Now()
