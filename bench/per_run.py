@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     import orchestra.celery  # noqa: F401 - orchestra's app is the current app here
     from bench import peers
     from celeryconfig import RUNS_QUEUE
+    from queue_catalog import services as queue_services
     from runs import executor
     from runs.leases import worker_identity
     from runs.models import Scenario
-    from queue_catalog import services as queue_services
     from runs.services import runs_start, scenario_save
 
     # As orchestra.celery.keep_database_connections sets it up in a worker.
@@ -225,14 +225,13 @@ def main(argv: list[str] | None = None) -> int:
             peers.handwritten.run({})
 
     lane_run_ids: list[int] = []
-    queue_run_start = queue_services.run_start
+    queue_runs_publish = queue_services.runs_publish
 
-    def run_start_noting_id(**kwargs):
-        run = queue_run_start(**kwargs)
-        lane_run_ids.append(run.id)
-        return run
+    def runs_publish_noting_ids(runs: list) -> None:
+        lane_run_ids.extend(run.id for run in runs)
+        queue_runs_publish(runs)
 
-    queue_services.run_start = run_start_noting_id
+    queue_services.runs_publish = runs_publish_noting_ids
 
     def queue_worker(n: int) -> None:
         # The lane's head starts when its records are created (not measured: one INSERT).

@@ -2,8 +2,10 @@
 
 Every change to a lane happens inside :func:`_lane_lock`, a transaction-scoped advisory lock
 per scenario, so the head of a lane is decided by one process at a time; the partial unique
-index on RUNNING records is the backstop should that ever be bypassed. Runs are started through
-``runs.services.run_start``, whose message goes out only after the transaction commits.
+index on RUNNING records is the backstop should that ever be bypassed. A lane's head is started
+by ``queue_catalog.states.start_lane_head`` (one statement: the run, the record, the attempt);
+the run's message goes out through ``runs.services.runs_publish`` after the transaction commits.
+A deactivated scenario's lane keeps its records and waits until it is activated again.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from queue_catalog.models import LANE_SEQUENCE, NextValue, QueueRecord, QueueRun
+from queue_catalog.models import LANE_SEQUENCE, NextValue, QueueRecord
 from queue_catalog.policies import rerun_delay, should_rerun
-from queue_catalog.states import ACTIVE_STATUSES, RecordStatus, transition_record
+from queue_catalog.states import (
+    ACTIVE_STATUSES,
+    RecordStatus,
+    start_lane_head,
+    transition_record,
+)
 from runs.models import Priority, Scenario, TestRun
-from runs.services import RunConflict, run_cancel, run_start
+from runs.services import RunConflict, run_cancel, runs_publish
 from runs.states import TERMINAL_STATUSES as RUN_TERMINAL_STATUSES
 from runs.states import RunStatus
 
@@ -69,6 +77,8 @@ def queue_records_create(
     max_attempts: int | None = None,
 ) -> list[QueueRecord]:
     """Add several records to one lane with one INSERT, then start its head if the lane is idle."""
+    if not scenario.is_active:
+        raise ValidationError({"scenario": f"scenario {scenario.name!r} is not active"})
     records = [
         QueueRecord(
             scenario=scenario,
@@ -81,48 +91,24 @@ def queue_records_create(
     with _lane_lock(scenario.id):
         QueueRecord.objects.bulk_create(records)
         _dispatch_locked(scenario.id)
-    for record in records:
-        record.refresh_from_db()
-    return records
+    fresh = QueueRecord.objects.in_bulk([record.id for record in records])
+    return [fresh[record.id] for record in records]
 
 
-def lane_dispatch(*, scenario_id: int) -> QueueRecord | None:
-    """Start the head of the lane if the lane is idle and the head is due; return it if started."""
+def lane_dispatch(*, scenario_id: int) -> int | None:
+    """Start the head of the lane if the lane is idle and the head is due; the run's id if so."""
     with _lane_lock(scenario_id):
         return _dispatch_locked(scenario_id)
 
 
-def _dispatch_locked(scenario_id: int) -> QueueRecord | None:
-    head = (
-        QueueRecord.objects.filter(scenario_id=scenario_id, status__in=ACTIVE_STATUSES)
-        .select_related("scenario")
-        .order_by("lane_position")
-        .first()
-    )
-    if head is None or head.status == RecordStatus.RUNNING:
+def _dispatch_locked(scenario_id: int) -> int | None:
+    started = start_lane_head(scenario_id)
+    if started is None:
         return None
-    if head.next_attempt_at and head.next_attempt_at > timezone.now():
-        return None  # waiting out its backoff; it keeps the head, other lanes are unaffected
-    start_number = head.start_count + 1
-    run = run_start(
-        scenario=head.scenario,
-        payload=head.payload,
-        priority=head.priority,
-        context={"queueRecordId": head.id, "queueStartCount": start_number},
-    )
-    started = transition_record(
-        head.id,
-        to=RecordStatus.RUNNING,
-        start_count=start_number,
-        started_at=Now(),
-        process_code=str(run.id),
-        current_run=run,
-        next_attempt_at=None,
-    )
-    if not started:  # impossible under the lane lock; fail loudly rather than orphan the run
-        raise RecordConflict(f"record {head.id} changed while its lane was locked")
-    QueueRun.objects.create(record=head, run=run, start_number=start_number)
-    return head
+    run_id, priority = started
+    run = TestRun(id=run_id, priority=priority)
+    transaction.on_commit(lambda: runs_publish([run]))
+    return run_id
 
 
 def queue_on_run_finished(*, run_id: int, status: str, context: dict[str, Any]) -> None:
@@ -130,19 +116,37 @@ def queue_on_run_finished(*, run_id: int, status: str, context: dict[str, Any]) 
     record_id = context.get("queueRecordId")
     if record_id is None:
         return
-    scenario_id = (
-        QueueRecord.objects.filter(id=record_id).values_list("scenario_id", flat=True).first()
-    )
-    if scenario_id is None:
-        return
-    with _lane_lock(scenario_id):
-        record = QueueRecord.objects.filter(id=record_id).first()
-        if record is None or record.status != RecordStatus.RUNNING:
-            return  # cancelled meanwhile, or a late duplicate of this news
-        if record.current_run_id != run_id:
-            return  # news about an earlier start
-        _settle_locked(record, status, _run_error(run_id, status))
-        _dispatch_locked(scenario_id)
+    with transaction.atomic():
+        scenario_id = _lock_lane_of_record(record_id)
+        if scenario_id is None:
+            return
+        # Only news about the record's current start counts: not a late duplicate, not news
+        # about an earlier start, not a record cancelled meanwhile.
+        if status == RunStatus.PASSED:
+            settled = transition_record(
+                record_id, to=RecordStatus.DONE, where_current_run_id=run_id, finished_at=Now()
+            )
+        else:
+            record = QueueRecord.objects.filter(
+                id=record_id, status=RecordStatus.RUNNING, current_run_id=run_id
+            ).first()
+            settled = record is not None
+            if settled:
+                _settle_failed_locked(record, status, _run_error(run_id, status))
+        if settled:
+            _dispatch_locked(scenario_id)
+
+
+def _lock_lane_of_record(record_id: int) -> int | None:
+    """Take the lock of the record's lane (in the current transaction); its scenario id."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT scenario_id, pg_advisory_xact_lock(%s, scenario_id::integer)"
+            " FROM queue_catalog_queuerecord WHERE id = %s",
+            [_LANE_LOCK_NAMESPACE, record_id],
+        )
+        row = cursor.fetchone()
+    return row[0] if row is not None else None
 
 
 def _run_error(run_id: int, status: str) -> str:
@@ -150,10 +154,8 @@ def _run_error(run_id: int, status: str) -> str:
     return error or status
 
 
-def _settle_locked(record: QueueRecord, run_status: str, error: str) -> None:
-    if run_status == RunStatus.PASSED:
-        transition_record(record.id, to=RecordStatus.DONE, finished_at=Now())
-        return
+def _settle_failed_locked(record: QueueRecord, run_status: str, error: str) -> None:
+    """A RUNNING record whose run did not pass: CANCELLED, re-run after backoff, or ERROR."""
     if run_status == RunStatus.CANCELLED:
         transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now())
         return

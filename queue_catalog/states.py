@@ -11,7 +11,7 @@ dispatchers racing cannot both start a lane. Every change is a conditional UPDAT
 
 from __future__ import annotations
 
-from django.db import models
+from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
 
@@ -41,12 +41,17 @@ class IllegalTransition(ValueError):
 
 
 def transition_record(
-    record_id: int, *, to: str, sources: set[str] | frozenset[str] | None = None, **fields
+    record_id: int,
+    *,
+    to: str,
+    sources: set[str] | frozenset[str] | None = None,
+    **conditions_and_fields,
 ) -> bool:
     """Move record ``record_id`` to ``to`` if it is in one of ``sources``; False if it was not.
 
     ``sources`` defaults to every status ``to`` may be entered from; a source outside that set
-    is a programming error (:class:`IllegalTransition`).
+    is a programming error (:class:`IllegalTransition`). Keyword arguments starting with
+    ``where_`` add conditions (``where_current_run_id=12``); the rest are fields to set.
     """
     from queue_catalog.models import QueueRecord
 
@@ -56,7 +61,71 @@ def transition_record(
     sources = allowed if sources is None else frozenset(sources)
     if not sources <= allowed:
         raise IllegalTransition(f"{sorted(sources - allowed)} -> {to} is not allowed")
-    updated = QueueRecord.objects.filter(id=record_id, status__in=sources).update(
+    conditions = {
+        key.removeprefix("where_"): value
+        for key, value in conditions_and_fields.items()
+        if key.startswith("where_")
+    }
+    fields = {k: v for k, v in conditions_and_fields.items() if not k.startswith("where_")}
+    updated = QueueRecord.objects.filter(id=record_id, status__in=sources, **conditions).update(
         status=to, **fields
     )
     return updated == 1
+
+
+# SCHEDULED -> RUNNING for the head of a lane, in one statement: find the head, create its run
+# (QUEUED, with the scenario's definition and the queue's context, as ``runs.services.run_start``
+# creates one), start the record on it and link the attempt. Nothing happens when the lane is
+# busy, its head is waiting out a backoff, or the scenario is inactive (the lane then waits).
+_START_LANE_HEAD_SQL = """
+WITH head AS (
+    SELECT q.id, q.status, q.next_attempt_at, q.start_count + 1 AS start_number, q.payload,
+           q.priority
+      FROM queue_catalog_queuerecord q
+     WHERE q.scenario_id = %(scenario_id)s AND q.status IN ('SCHEDULED', 'RUNNING')
+     ORDER BY q.lane_position
+     LIMIT 1
+), due AS (
+    SELECT head.*, s.definition
+      FROM head JOIN runs_scenario s ON s.id = %(scenario_id)s AND s.is_active
+     WHERE head.status = 'SCHEDULED'
+       AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= now())
+), run AS (
+    INSERT INTO runs_testrun
+           (scenario_id, status, priority, definition, context, attempt, worker, queued_at, error)
+    SELECT %(scenario_id)s, 'QUEUED', due.priority, due.definition,
+           jsonb_build_object('queueRecordId', due.id, 'queueStartCount', due.start_number,
+                              'payload', due.payload),
+           0, '', now(), ''
+      FROM due
+    RETURNING id, priority
+), started AS (
+    UPDATE queue_catalog_queuerecord r
+       SET status = 'RUNNING', start_count = due.start_number, started_at = now(),
+           process_code = run.id::text, current_run_id = run.id, next_attempt_at = NULL
+      FROM due, run
+     WHERE r.id = due.id AND r.status = 'SCHEDULED'
+    RETURNING r.id
+), attempt AS (
+    INSERT INTO queue_catalog_queuerun (record_id, run_id, start_number)
+    SELECT due.id, run.id, due.start_number FROM due, run
+)
+SELECT run.id, run.priority, (SELECT count(*) FROM started) FROM run
+"""
+
+
+def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
+    """Start the head of the lane if the lane is idle and its head is due.
+
+    Returns the new run's id and priority (its message is not published yet), or None when
+    nothing was started. Call it holding the lane's lock, inside a transaction.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_START_LANE_HEAD_SQL, {"scenario_id": scenario_id})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    run_id, priority, started = row
+    if started != 1:  # impossible under the lane lock; fail loudly rather than orphan the run
+        raise IllegalTransition(f"the head of lane {scenario_id} changed while it was locked")
+    return run_id, priority

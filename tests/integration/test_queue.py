@@ -7,10 +7,17 @@ import uuid
 from collections import defaultdict
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from queue_catalog.models import QueueRecord, QueueRun
-from queue_catalog.services import queue_record_cancel, queue_record_create, queue_record_retry
+from queue_catalog.services import (
+    queue_record_cancel,
+    queue_record_create,
+    queue_record_retry,
+    queue_sweep,
+)
 from runs.models import TestRun
+from runs.services import scenario_set_active
 from tests.factories import delay_step, make_scenario
 from tests.support import wait_for
 
@@ -103,6 +110,24 @@ def test_always_failing_record_stops_after_five_starts_and_the_lane_moves_on(tar
     retried = queue_record_retry(record_id=failing.id)
     assert retried.status in ("SCHEDULED", "RUNNING")
     assert settled(retried).status == "ERROR" and retried.start_count == 10
+
+
+def test_a_deactivated_scenario_takes_no_new_records_and_its_lane_waits_until_reactivated():
+    scenario = make_scenario([delay_step("timer", 0.5)])
+    first = queue_record_create(scenario=scenario, payload={})
+    second = queue_record_create(scenario=scenario, payload={})
+    scenario_set_active(scenario=scenario, is_active=False)
+    with pytest.raises(ValidationError, match="not active"):
+        queue_record_create(scenario=scenario, payload={})
+    assert QueueRecord.objects.filter(scenario=scenario).count() == 2
+
+    assert settled(first).status == "DONE"
+    assert queue_sweep()["started"] == 0
+    second.refresh_from_db()
+    assert second.status == "SCHEDULED" and second.start_count == 0
+
+    scenario_set_active(scenario=scenario, is_active=True)
+    assert settled(second).status == "DONE" and second.start_count == 1
 
 
 def test_cancelling_a_waiting_record_means_it_never_starts_and_a_running_one_frees_the_lane():

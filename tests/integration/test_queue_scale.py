@@ -6,16 +6,10 @@ import pytest
 from django.db import connection
 
 from queue_catalog.services import _ACTIVE_LANE_HEADS_SQL
+from queue_catalog.states import _START_LANE_HEAD_SQL
 from tests.factories import make_scenario
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
-
-HEAD_OF_LANE_SQL = """
-SELECT id FROM queue_catalog_queuerecord
- WHERE scenario_id = %s AND status IN ('SCHEDULED', 'RUNNING')
- ORDER BY lane_position LIMIT 1
-"""
-
 
 def explain(sql: str, params=()) -> str:
     with connection.cursor() as cursor:
@@ -45,10 +39,10 @@ def deep_queue():
     return ids
 
 
-def test_head_of_a_lane_is_an_index_lookup_at_100000_records(deep_queue):
-    plan = explain(HEAD_OF_LANE_SQL, [deep_queue[0]])
+def test_starting_the_head_of_a_lane_is_an_index_lookup_at_100000_records(deep_queue):
+    plan = explain(_START_LANE_HEAD_SQL, {"scenario_id": deep_queue[0]})
     assert "queue_active_lane_idx" in plan, plan
-    assert "Seq Scan" not in plan and "Sort" not in plan, plan
+    assert "Seq Scan on queue_catalog_queuerecord" not in plan and "Sort" not in plan, plan
 
 
 def test_finding_due_lanes_skips_through_the_index_at_100000_records(deep_queue):
