@@ -11,6 +11,7 @@ from tests.factories import make_scenario
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
+
 def explain(sql: str, params=()) -> str:
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + sql, params)
