@@ -26,7 +26,9 @@ from queue_catalog.models import LANE_SEQUENCE, NextValue, QueueRecord
 from queue_catalog.policies import rerun_delay, should_rerun
 from queue_catalog.states import (
     ACTIVE_STATUSES,
+    LANE_LOCK_NAMESPACE,
     RecordStatus,
+    record_done_locking_lane,
     start_lane_head,
     transition_record,
 )
@@ -37,9 +39,6 @@ from runs.states import RunStatus
 
 logger = logging.getLogger(__name__)
 
-# Namespace of the advisory locks that serialise work on one lane (any constant would do).
-_LANE_LOCK_NAMESPACE = 7001
-
 
 class RecordConflict(Exception):
     """The record's status does not allow the operation."""
@@ -49,11 +48,16 @@ class RecordConflict(Exception):
 def _lane_lock(scenario_id: int):
     """Run the block in a transaction that holds the lane's lock until commit."""
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)", [_LANE_LOCK_NAMESPACE, scenario_id]
-            )
+        _lock_lane(scenario_id)
         yield
+
+
+def _lock_lane(scenario_id: int) -> None:
+    """Take the lane's lock until the current transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s::integer)", [LANE_LOCK_NAMESPACE, scenario_id]
+        )
 
 
 def queue_record_create(
@@ -112,41 +116,38 @@ def _dispatch_locked(scenario_id: int) -> int | None:
 
 
 def queue_on_run_finished(*, run_id: int, status: str, context: dict[str, Any]) -> None:
-    """Advance the record whose run finished: DONE, re-run later, or ERROR; then its lane."""
+    """Advance the record whose run finished: DONE, re-run later, or ERROR; then its lane.
+
+    Only news about the record's current start counts: not a late duplicate, not news about an
+    earlier start, not a record cancelled meanwhile.
+    """
     record_id = context.get("queueRecordId")
     if record_id is None:
         return
     with transaction.atomic():
-        scenario_id = _lock_lane_of_record(record_id)
-        if scenario_id is None:
-            return
-        # Only news about the record's current start counts: not a late duplicate, not news
-        # about an earlier start, not a record cancelled meanwhile.
         if status == RunStatus.PASSED:
-            settled = transition_record(
-                record_id, to=RecordStatus.DONE, where_current_run_id=run_id, finished_at=Now()
-            )
+            scenario_id = record_done_locking_lane(record_id, run_id=run_id)
         else:
-            record = QueueRecord.objects.filter(
-                id=record_id, status=RecordStatus.RUNNING, current_run_id=run_id
-            ).first()
-            settled = record is not None
-            if settled:
-                _settle_failed_locked(record, status, _run_error(run_id, status))
-        if settled:
+            scenario_id = _record_failed_locking_lane(record_id, run_id, status)
+        if scenario_id is not None:
             _dispatch_locked(scenario_id)
 
 
-def _lock_lane_of_record(record_id: int) -> int | None:
-    """Take the lock of the record's lane (in the current transaction); its scenario id."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT scenario_id, pg_advisory_xact_lock(%s, scenario_id::integer)"
-            " FROM queue_catalog_queuerecord WHERE id = %s",
-            [_LANE_LOCK_NAMESPACE, record_id],
-        )
-        row = cursor.fetchone()
-    return row[0] if row is not None else None
+def _record_failed_locking_lane(record_id: int, run_id: int, status: str) -> int | None:
+    """Settle the record of a run that did not pass; its scenario id, or None if not current."""
+    scenario_id = (
+        QueueRecord.objects.filter(id=record_id).values_list("scenario_id", flat=True).first()
+    )
+    if scenario_id is None:
+        return None
+    _lock_lane(scenario_id)
+    record = QueueRecord.objects.filter(
+        id=record_id, status=RecordStatus.RUNNING, current_run_id=run_id
+    ).first()
+    if record is None:
+        return None
+    _settle_failed_locked(record, status, _run_error(run_id, status))
+    return scenario_id
 
 
 def _run_error(run_id: int, status: str) -> str:

@@ -36,6 +36,11 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 }
 
 
+# Namespace of the advisory locks that serialise work on one lane (any constant would do); the
+# key within it is the scenario id.
+LANE_LOCK_NAMESPACE = 7001
+
+
 class IllegalTransition(ValueError):
     pass
 
@@ -129,3 +134,30 @@ def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
     if started != 1:  # impossible under the lane lock; fail loudly rather than orphan the run
         raise IllegalTransition(f"the head of lane {scenario_id} changed while it was locked")
     return run_id, priority
+
+
+# RUNNING -> DONE for the record's current run, after taking its lane's lock, in one statement.
+# The lock is taken before the row is updated, and the UPDATE re-checks its condition against
+# whatever a lock holder committed meanwhile (a cancel, say).
+_RECORD_DONE_SQL = """
+WITH lane AS (
+    SELECT pg_advisory_xact_lock(%(namespace)s, scenario_id::integer)
+      FROM queue_catalog_queuerecord WHERE id = %(record_id)s
+)
+UPDATE queue_catalog_queuerecord r SET status = 'DONE', finished_at = now()
+  FROM lane
+ WHERE r.id = %(record_id)s AND r.status = 'RUNNING' AND r.current_run_id = %(run_id)s
+RETURNING r.scenario_id
+"""
+
+
+def record_done_locking_lane(record_id: int, *, run_id: int) -> int | None:
+    """RUNNING -> DONE if ``run_id`` is the record's current run, holding the lane's lock until
+    the transaction ends; the record's scenario id, or None when it was not current."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _RECORD_DONE_SQL,
+            {"namespace": LANE_LOCK_NAMESPACE, "record_id": record_id, "run_id": run_id},
+        )
+        row = cursor.fetchone()
+    return row[0] if row is not None else None
