@@ -398,9 +398,24 @@ def plot(result: dict, path: str) -> None:
         log("matplotlib is not installed: no plot")
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    rates = [d["records_per_s"] for d in result["drains"]]
-    left.bar(range(1, len(rates) + 1), rates)
-    left.set(title="queue drain", xlabel="repetition", ylabel="records/s")
+    drains = {"orchestra": result["drains"]}
+    if "procrastinate" in result:
+        drains["procrastinate, one lock per scenario"] = result["procrastinate"]["drains"]
+    width = 0.8 / len(drains)
+    for offset, (label, rows) in enumerate(drains.items()):
+        left.bar(
+            [n + offset * width for n in range(1, len(rows) + 1)],
+            [row["records_per_s"] for row in rows],
+            width=width,
+            label=label,
+        )
+    left.set_xticks(
+        [n + width * (len(drains) - 1) / 2 for n in range(1, len(result["drains"]) + 1)]
+    )
+    left.set_xticklabels([str(n) for n in range(1, len(result["drains"]) + 1)])
+    left.set(title="queue drain, 10,000 records over 100 lanes", xlabel="repetition")
+    left.set(ylabel="records/s")
+    left.legend(loc="lower right")
     names = ["enqueue_ms", "handoff_ms", "sweep_ms"]
     for offset, row in enumerate(result["dispatch"]):
         right.bar(
