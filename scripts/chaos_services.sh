@@ -27,8 +27,10 @@ start() {
   mkdir -p "$DIR/rabbitmq/log" "$DIR/rabbitmq/mnesia" "$DIR/pg"
   chown postgres "$DIR/pg"
   runuser -u postgres -- "$PG_BIN/initdb" -D "$DIR/pg/data" --auth=trust -U postgres >/dev/null
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w \
-    -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  # In the configuration, not on pg_ctl's command line: the suite restarts the server itself.
+  printf "port = %s\nunix_socket_directories = '%s'\nlisten_addresses = '127.0.0.1'\nmax_connections = 200\n" \
+    "$PG_PORT" "$DIR/pg" >>"$DIR/pg/data/postgresql.conf"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w start >/dev/null
 
   echo "[]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
   printf 'consumer_timeout = 5000\nlisteners.tcp.default = 127.0.0.1:%s\n' "$RABBITMQ_NODE_PORT" \

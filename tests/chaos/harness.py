@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, connections
@@ -240,8 +241,11 @@ def restart_database(cluster: Cluster, load: Load, rng: random.Random) -> str:
         capture_output=True,
     )
     time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for a condition
+    log = Path(os.environ["CHAOS_PGDATA"]).parent / "log"  # the server's output, not a pipe
     subprocess.run(
-        ["runuser", "-u", "postgres", "--", *control, "start"], check=True, capture_output=True
+        ["runuser", "-u", "postgres", "--", *control, "-l", str(log), "start"],
+        check=True,
+        capture_output=True,
     )
     connections.close_all()  # this process's connection died with the server
     return f"PostgreSQL stopped for {OUTAGE_SECONDS} s and started again"
