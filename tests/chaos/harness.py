@@ -118,15 +118,18 @@ class Cluster:
         for worker in self.workers:
             worker.stop()
 
-    def busy_worker(self) -> WorkerProcess:
-        """A worker whose pool child is executing a run right now (waits for one)."""
+    def busy_worker(self) -> tuple[WorkerProcess, int]:
+        """A worker whose pool child is executing a run right now, and that child (waits for one).
+
+        The run may end between this look and the kill: the kill then lands between runs.
+        """
         busy = TestRun.objects.filter(status="IN_PROGRESS").values_list("worker", flat=True)
 
         def find():
             pids = {int(owner.rsplit(":", 1)[1]) for owner in busy.all() if ":" in owner}
             for worker in self.workers:
-                if pids & set(worker.child_pids()):
-                    return worker
+                for child in pids & set(worker.child_pids()):
+                    return worker, child
             return None
 
         return wait_for(find, timeout=20, interval=0.01, message="a busy worker")
@@ -134,16 +137,14 @@ class Cluster:
 
 def kill_child(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """SIGKILL the pool child executing a run, in the middle of its steps."""
-    worker = cluster.busy_worker()
-    busy = set(TestRun.objects.filter(status="IN_PROGRESS").values_list("worker", flat=True))
-    child = next(pid for pid in worker.child_pids() if any(o.endswith(f":{pid}") for o in busy))
+    worker, child = cluster.busy_worker()
     subprocess.run(["kill", "-9", str(child)], check=True)
     return f"killed pool child {child} of {worker.name}"
 
 
 def kill_worker(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """SIGKILL a whole worker (main process and children) mid-run; start a replacement."""
-    worker = cluster.busy_worker()
+    worker, _ = cluster.busy_worker()
     worker.kill()
     cluster.workers.remove(worker)
     cluster.start()

@@ -11,9 +11,14 @@ import os
 import random
 import threading
 import time
+from contextlib import suppress
 
 import pytest
 
+from queue_catalog.models import QueueRecord
+from queue_catalog.services import RecordConflict, queue_record_cancel
+from runs.models import TestRun
+from runs.services import RunConflict, run_cancel
 from tests.chaos.harness import (
     FAULTS,
     Cluster,
@@ -51,9 +56,23 @@ def cluster(django_db_setup):
     nodes.start()
     beat = BeatProcess(interval=0.5).start()
     yield nodes
+    cancel_leftovers()  # after a failed round, so that the next test starts from a settled queue
     beat.stop()
     nodes.stop()
     purge_queues()
+
+
+def cancel_leftovers() -> None:
+    for record_id in QueueRecord.objects.filter(status__in=["SCHEDULED", "RUNNING"]).values_list(
+        "id", flat=True
+    ):
+        with suppress(RecordConflict):
+            queue_record_cancel(record_id=record_id)
+    for run_id in TestRun.objects.filter(status__in=["QUEUED", "IN_PROGRESS"]).values_list(
+        "id", flat=True
+    ):
+        with suppress(RunConflict):
+            run_cancel(run_id=run_id)
 
 
 def run_round(target, cluster: Cluster, faults: list[str], runs: int, records: int, seed: int):
