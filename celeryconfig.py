@@ -82,6 +82,11 @@ worker_consumer = "orchestra.celery:DeadLetteringConsumer"
 # A run outlives a lost broker connection under its database lease; the lease, not the broker,
 # decides who owns it, so long tasks are not cancelled on reconnect.
 worker_cancel_long_running_tasks_on_connection_loss = False
+# A channel the broker closes is reopened, not fatal. RabbitMQ closes a consumer's channel when a
+# delivery stays unacknowledged past its consumer_timeout (30 min by default): a run outliving it
+# keeps executing under its lease, the broker redelivers the message, the duplicate is dropped.
+# Without this, the whole worker stops with "Unrecoverable error: PreconditionFailed".
+broker_channel_error_retry = True
 
 task_soft_time_limit = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3540)
 task_time_limit = env_int("CELERY_TASK_TIME_LIMIT", 3600)
