@@ -14,6 +14,8 @@ from __future__ import annotations
 from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
+from orchestra.transitions import IllegalTransition, conditional_transition
+
 
 class RecordStatus(models.TextChoices):
     SCHEDULED = "SCHEDULED", _("Scheduled")
@@ -41,10 +43,6 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 LANE_LOCK_NAMESPACE = 7001
 
 
-class IllegalTransition(ValueError):
-    pass
-
-
 def transition_record(
     record_id: int,
     *,
@@ -52,30 +50,14 @@ def transition_record(
     sources: set[str] | frozenset[str] | None = None,
     **conditions_and_fields,
 ) -> bool:
-    """Move record ``record_id`` to ``to`` if it is in one of ``sources``; False if it was not.
-
-    ``sources`` defaults to every status ``to`` may be entered from; a source outside that set
-    is a programming error (:class:`IllegalTransition`). Keyword arguments starting with
-    ``where_`` add conditions (``where_current_run_id=12``); the rest are fields to set.
+    """Move record ``record_id`` to ``to`` if it is in one of ``sources`` (see
+    :func:`orchestra.transitions.conditional_transition`); False if another process got there first.
     """
     from queue_catalog.models import QueueRecord
 
-    allowed = ALLOWED_SOURCES.get(to)
-    if allowed is None:
-        raise IllegalTransition(f"no transition leads to {to}")
-    sources = allowed if sources is None else frozenset(sources)
-    if not sources <= allowed:
-        raise IllegalTransition(f"{sorted(sources - allowed)} -> {to} is not allowed")
-    conditions = {
-        key.removeprefix("where_"): value
-        for key, value in conditions_and_fields.items()
-        if key.startswith("where_")
-    }
-    fields = {k: v for k, v in conditions_and_fields.items() if not k.startswith("where_")}
-    updated = QueueRecord.objects.filter(id=record_id, status__in=sources, **conditions).update(
-        status=to, **fields
+    return conditional_transition(
+        QueueRecord, ALLOWED_SOURCES, record_id, to=to, sources=sources, **conditions_and_fields
     )
-    return updated == 1
 
 
 # SCHEDULED -> RUNNING for the head of a lane, in one statement: find the head, create its run

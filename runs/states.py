@@ -18,6 +18,8 @@ from typing import Any
 from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
+from orchestra.transitions import IllegalTransition, conditional_transition
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "QUEUED", _("Queued")
@@ -43,10 +45,6 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 }
 
 
-class IllegalTransition(ValueError):
-    pass
-
-
 def transition_run(
     run_id: int,
     *,
@@ -54,31 +52,14 @@ def transition_run(
     sources: set[str] | frozenset[str] | None = None,
     **conditions_and_fields,
 ) -> bool:
-    """Move run ``run_id`` to status ``to`` if it is in one of ``sources``.
-
-    ``sources`` defaults to every status ``to`` may be entered from; naming a status outside that
-    set is a programming error and raises :class:`IllegalTransition`. Keyword arguments starting
-    with ``where_`` add conditions (``where_worker="host:12"``); the rest are fields to set.
-    Returns False when the run was not in a source status: another process got there first.
+    """Move run ``run_id`` to ``to`` if it is in one of ``sources`` (see
+    :func:`orchestra.transitions.conditional_transition`); False if another process got there first.
     """
     from runs.models import TestRun
 
-    allowed = ALLOWED_SOURCES.get(to)
-    if allowed is None:
-        raise IllegalTransition(f"no transition leads to {to}")
-    sources = allowed if sources is None else frozenset(sources)
-    if not sources <= allowed:
-        raise IllegalTransition(f"{sorted(sources - allowed)} -> {to} is not allowed")
-    conditions = {
-        key.removeprefix("where_"): value
-        for key, value in conditions_and_fields.items()
-        if key.startswith("where_")
-    }
-    fields = {k: v for k, v in conditions_and_fields.items() if not k.startswith("where_")}
-    updated = TestRun.objects.filter(id=run_id, status__in=sources, **conditions).update(
-        status=to, **fields
+    return conditional_transition(
+        TestRun, ALLOWED_SOURCES, run_id, to=to, sources=sources, **conditions_and_fields
     )
-    return updated == 1
 
 
 @dataclass(frozen=True)
