@@ -113,6 +113,9 @@ def test_short_mixed_faults(target, cluster):
 def test_one_kind_of_fault_under_load(target, cluster, fault):
     faults = [fault] * (3 if fault in ("kill-child", "kill-worker", "db-connections") else 1)
     run_round(target, cluster, faults, runs=150, records=100, seed=SEED)
+    if fault == "long-step":  # the broker did take the deliveries back, the fault really happened
+        logs = "".join(worker.log.read_text() for worker in cluster.workers)
+        assert "PRECONDITION_FAILED - delivery acknowledgement" in logs
 
 
 @pytest.mark.skipif(not FULL, reason="the full fault-injection suite runs with `make chaos`")
