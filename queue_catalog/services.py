@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
@@ -33,7 +32,7 @@ from queue_catalog.states import (
     transition_record,
 )
 from runs.models import Priority, Scenario, TestRun
-from runs.services import RunConflict, run_cancel, runs_publish
+from runs.services import RunConflict, run_cancel, runs_publish, scenario_require_active
 from runs.states import TERMINAL_STATUSES as RUN_TERMINAL_STATUSES
 from runs.states import RunStatus
 
@@ -81,8 +80,7 @@ def queue_records_create(
     max_attempts: int | None = None,
 ) -> list[QueueRecord]:
     """Add several records to one lane with one INSERT, then start its head if the lane is idle."""
-    if not scenario.is_active:
-        raise ValidationError({"scenario": f"scenario {scenario.name!r} is not active"})
+    scenario_require_active(scenario)
     records = [
         QueueRecord(
             scenario=scenario,

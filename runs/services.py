@@ -64,6 +64,12 @@ def scenario_set_active(*, scenario: Scenario, is_active: bool) -> Scenario:
     return scenario
 
 
+def scenario_require_active(scenario: Scenario) -> None:
+    """Refuse to start anything of a deactivated scenario: ``ValidationError`` on ``scenario``."""
+    if not scenario.is_active:
+        raise ValidationError({"scenario": f"scenario {scenario.name!r} is not active"})
+
+
 def run_start(
     *,
     scenario: Scenario,
@@ -85,8 +91,7 @@ def runs_start(
     context: dict[str, Any] | None = None,
 ) -> list[TestRun]:
     """Start one run per payload with a single INSERT; messages go out after commit."""
-    if not scenario.is_active:
-        raise ValidationError({"scenario": f"scenario {scenario.name!r} is not active"})
+    scenario_require_active(scenario)
     if priority not in Priority.values:
         raise ValidationError({"priority": f"must be one of {Priority.values}"})
     runs = [
