@@ -259,11 +259,11 @@ def queue_record_move_to_front(*, record_id: int) -> QueueRecord:
 _ACTIVE_LANE_HEADS_SQL = """
 WITH RECURSIVE lanes(scenario_id) AS (
     (SELECT scenario_id FROM queue_catalog_queuerecord
-      WHERE status IN ('SCHEDULED', 'RUNNING') ORDER BY scenario_id LIMIT 1)
+      WHERE status IN ('SCHEDULED', 'RUNNING') ORDER BY scenario_id, lane_position LIMIT 1)
     UNION ALL
     SELECT (SELECT q.scenario_id FROM queue_catalog_queuerecord q
              WHERE q.status IN ('SCHEDULED', 'RUNNING') AND q.scenario_id > lanes.scenario_id
-             ORDER BY q.scenario_id LIMIT 1)
+             ORDER BY q.scenario_id, q.lane_position LIMIT 1)
       FROM lanes WHERE lanes.scenario_id IS NOT NULL
 )
 SELECT head.scenario_id
