@@ -25,8 +25,9 @@ from queue_catalog.models import LANE_SEQUENCE, NextValue, QueueRecord
 from queue_catalog.policies import rerun_delay, should_rerun
 from queue_catalog.states import (
     ACTIVE_STATUSES,
-    LANE_LOCK_NAMESPACE,
     RecordStatus,
+    lock_lane,
+    lock_lane_of_record,
     record_done_locking_lane,
     start_lane_head,
     transition_record,
@@ -47,16 +48,8 @@ class RecordConflict(Exception):
 def _lane_lock(scenario_id: int):
     """Run the block in a transaction that holds the lane's lock until commit."""
     with transaction.atomic():
-        _lock_lane(scenario_id)
+        lock_lane(scenario_id)
         yield
-
-
-def _lock_lane(scenario_id: int) -> None:
-    """Take the lane's lock until the current transaction ends."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s::integer)", [LANE_LOCK_NAMESPACE, scenario_id]
-        )
 
 
 def queue_record_create(
@@ -133,12 +126,9 @@ def queue_on_run_finished(*, run_id: int, status: str, context: dict[str, Any]) 
 
 def _record_failed_locking_lane(record_id: int, run_id: int, status: str) -> int | None:
     """Settle the record of a run that did not pass; its scenario id, or None if not current."""
-    scenario_id = (
-        QueueRecord.objects.filter(id=record_id).values_list("scenario_id", flat=True).first()
-    )
+    scenario_id = lock_lane_of_record(record_id)
     if scenario_id is None:
         return None
-    _lock_lane(scenario_id)
     record = QueueRecord.objects.filter(
         id=record_id, status=RecordStatus.RUNNING, current_run_id=run_id
     ).first()

@@ -39,8 +39,8 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 
 
 # Namespace of the advisory locks that serialise work on one lane (any constant would do); the
-# key within it is the scenario id.
-LANE_LOCK_NAMESPACE = 7001
+# key within it is the scenario id. Taken only through the functions below.
+_LANE_LOCK_NAMESPACE = 7001
 
 
 def transition_record(
@@ -139,7 +139,28 @@ def record_done_locking_lane(record_id: int, *, run_id: int) -> int | None:
     with connection.cursor() as cursor:
         cursor.execute(
             _RECORD_DONE_SQL,
-            {"namespace": LANE_LOCK_NAMESPACE, "record_id": record_id, "run_id": run_id},
+            {"namespace": _LANE_LOCK_NAMESPACE, "record_id": record_id, "run_id": run_id},
+        )
+        row = cursor.fetchone()
+    return row[0] if row is not None else None
+
+
+def lock_lane(scenario_id: int) -> None:
+    """Take the lane's lock until the current transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s::integer)", [_LANE_LOCK_NAMESPACE, scenario_id]
+        )
+
+
+def lock_lane_of_record(record_id: int) -> int | None:
+    """Take the lock of the record's lane until the transaction ends; its scenario id, or None
+    when the record does not exist."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT scenario_id, pg_advisory_xact_lock(%s, scenario_id::integer)"
+            " FROM queue_catalog_queuerecord WHERE id = %s",
+            [_LANE_LOCK_NAMESPACE, record_id],
         )
         row = cursor.fetchone()
     return row[0] if row is not None else None

@@ -135,21 +135,20 @@ def runs_publish(runs: list[TestRun]) -> None:
 
 # ``dispatched_at`` is a hint for the sweep, so noting it need not wait for the WAL flush: lost in
 # a database crash, it only makes the sweep publish the run again, and a duplicate delivery is
-# dropped by the claim. Outside a transaction the two statements run as one implicit transaction.
-_NOTE_PUBLISHED_SQL = """
-SET LOCAL synchronous_commit = off;
-UPDATE runs_testrun SET dispatched_at = now() WHERE id = ANY(%s) AND dispatched_at IS NULL
-"""
+# dropped by the claim. Outside a transaction the two statements run as one implicit transaction;
+# inside one, the surrounding transaction's commit decides and its durability is left alone.
+_ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off;"
+_NOTE_PUBLISHED_SQL = (
+    "UPDATE runs_testrun SET dispatched_at = now() WHERE id = ANY(%s) AND dispatched_at IS NULL"
+)
 
 
 def _note_published(run_ids: list[int]) -> None:
-    if not connection.get_autocommit():  # inside a transaction: its commit decides
-        TestRun.objects.filter(id__in=run_ids, dispatched_at__isnull=True).update(
-            dispatched_at=Now()
-        )
-        return
+    sql = _NOTE_PUBLISHED_SQL
+    if connection.get_autocommit():
+        sql = _ASYNC_COMMIT_SQL + sql
     with connection.cursor() as cursor:
-        cursor.execute(_NOTE_PUBLISHED_SQL, [run_ids])
+        cursor.execute(sql, [run_ids])
 
 
 def run_rerun(*, run_id: int) -> TestRun:
