@@ -105,9 +105,12 @@ class Counting:
             self.counts["BEGIN"] += 1
         words = sql.split()
         verb = words[0].upper()
-        table = next((w.strip('"') for w in words if w.strip('"').startswith(_TABLES)), "")
+        if verb == "EXECUTE":  # a statement of orchestra.prepared: named, and every one writes
+            table = words[1].split("(")[0]
+        else:
+            table = next((w.strip('"') for w in words if w.strip('"').startswith(_TABLES)), "")
         self.counts[f"{verb} {table}".strip()] += 1
-        if verb in {"INSERT", "UPDATE", "DELETE", "WITH"}:
+        if verb in {"INSERT", "UPDATE", "DELETE", "WITH", "EXECUTE"}:
             if self.in_transaction:
                 self.transaction_writes = True
             else:

@@ -163,6 +163,9 @@ LOGGING = {
 }
 
 # --- orchestra --------------------------------------------------------------------------------
+# The hot statements of workers are prepared once per connection (orchestra.prepared); turn it off
+# behind a pooler in transaction mode (PgBouncer), which cannot keep prepared statements.
+ORCHESTRA_DB_PREPARED_STATEMENTS = env_bool("ORCHESTRA_DB_PREPARED_STATEMENTS", True)
 # How long a claimed run stays owned without a heartbeat before another worker may take it over.
 ORCHESTRA_RUN_LEASE_SECONDS = env_float("ORCHESTRA_RUN_LEASE_SECONDS", 30.0)
 # Crashed deliveries of one run (worker killed mid-run) before it is given up as ERROR.

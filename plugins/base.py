@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
+
+from jsonschema import Draft202012Validator
 
 from plugins.jsonpaths import JsonPathError, find_first
 
@@ -80,6 +83,16 @@ class ProtocolPlugin(ABC):
     params_schema: ClassVar[dict[str, Any]] = {"type": "object"}
     #: JSON Schema of the step's ``expect`` block.
     expect_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+
+    @cached_property
+    def params_validator(self) -> Draft202012Validator:
+        """``params_schema``, compiled once per process."""
+        return Draft202012Validator(self.params_schema)
+
+    @cached_property
+    def expect_validator(self) -> Draft202012Validator:
+        """``expect_schema``, compiled once per process."""
+        return Draft202012Validator(self.expect_schema)
 
     @abstractmethod
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
+from orchestra.prepared import PreparedStatement
 from orchestra.transitions import IllegalTransition, conditional_transition
 
 
@@ -64,7 +65,9 @@ def transition_record(
 # (QUEUED, with the scenario's definition and the queue's context, as ``runs.services.run_start``
 # creates one), start the record on it and link the attempt. Nothing happens when the lane is
 # busy, its head is waiting out a backoff, or the scenario is inactive (the lane then waits).
-_START_LANE_HEAD_SQL = """
+_START_LANE_HEAD = PreparedStatement(
+    "orchestra_start_lane_head",
+    """
 WITH head AS (
     SELECT q.id, q.status, q.next_attempt_at, q.start_count + 1 AS start_number, q.payload,
            q.priority
@@ -98,7 +101,8 @@ WITH head AS (
     SELECT due.id, run.id, due.start_number FROM due, run
 )
 SELECT run.id, run.priority, (SELECT count(*) FROM started) FROM run
-"""
+""",
+)
 
 
 def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
@@ -108,7 +112,7 @@ def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
     nothing was started. Call it holding the lane's lock, inside a transaction.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_START_LANE_HEAD_SQL, {"scenario_id": scenario_id})
+        _START_LANE_HEAD.execute(cursor, {"scenario_id": scenario_id})
         row = cursor.fetchone()
     if row is None:
         return None
@@ -121,7 +125,9 @@ def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
 # RUNNING -> DONE for the record's current run, after taking its lane's lock, in one statement.
 # The lock is taken before the row is updated, and the UPDATE re-checks its condition against
 # whatever a lock holder committed meanwhile (a cancel, say).
-_RECORD_DONE_SQL = """
+_RECORD_DONE = PreparedStatement(
+    "orchestra_record_done",
+    """
 WITH lane AS (
     SELECT pg_advisory_xact_lock(%(namespace)s, scenario_id::integer)
       FROM queue_catalog_queuerecord WHERE id = %(record_id)s
@@ -130,15 +136,16 @@ UPDATE queue_catalog_queuerecord r SET status = 'DONE', finished_at = now()
   FROM lane
  WHERE r.id = %(record_id)s AND r.status = 'RUNNING' AND r.current_run_id = %(run_id)s
 RETURNING r.scenario_id
-"""
+""",
+)
 
 
 def record_done_locking_lane(record_id: int, *, run_id: int) -> int | None:
     """RUNNING -> DONE if ``run_id`` is the record's current run, holding the lane's lock until
     the transaction ends; the record's scenario id, or None when it was not current."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            _RECORD_DONE_SQL,
+        _RECORD_DONE.execute(
+            cursor,
             {"namespace": _LANE_LOCK_NAMESPACE, "record_id": record_id, "run_id": run_id},
         )
         row = cursor.fetchone()

@@ -295,11 +295,9 @@ def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionPr
         plugin = get_plugin(step["plugin"])
     except UnknownPlugin as exc:
         return [DefinitionProblem(f"{label}: plugin", str(exc))]
-    problems = _schema_problems(
-        Draft202012Validator(plugin.params_schema), step.get("with", {}), f"{label}: with"
-    )
+    problems = _schema_problems(plugin.params_validator, step.get("with", {}), f"{label}: with")
     problems += _schema_problems(
-        Draft202012Validator(plugin.expect_schema), step.get("expect", {}), f"{label}: expect"
+        plugin.expect_validator, step.get("expect", {}), f"{label}: expect"
     )
     for key in ("with", "expect"):
         for field, value in step.get(key, {}).items():

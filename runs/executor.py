@@ -11,19 +11,20 @@ The flow for one delivery of a run's message:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from jsonschema import Draft202012Validator
 
-from plugins.base import Assertion, PluginError, PluginResult, StepContext
+from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.jsonpaths import JsonPathError
 from plugins.registry import UnknownPlugin, get_plugin
 from runs.leases import lease_keeper, owner_is_gone
@@ -249,9 +250,10 @@ class _RunExecution:
         record.duration_ms = round((time.monotonic() - started) * 1000, 2)
         if record.status == StepStatus.PASSED:
             self.scope.update(record.captures)
-        for name in ("request", "response", "captures", "assertions", "tries"):
-            setattr(record, name, redact(getattr(record, name), self.secrets))
-        record.error = redact(record.error, self.secrets)
+        stored = ("request", "response", "captures", "assertions", "tries", "error")
+        redacted = redact([getattr(record, name) for name in stored], self.secrets)
+        for name, value in zip(stored, redacted, strict=True):
+            setattr(record, name, value)
         return record
 
     def _try_step(self, step: dict, record: StepRecord, timeout: float) -> bool:
@@ -259,10 +261,11 @@ class _RunExecution:
         record.request, record.response, record.captures, record.assertions = {}, {}, {}, []
         try:
             plugin = get_plugin(step["plugin"])
-            params = render(step.get("with", {}), self.scope)
-            expect = render(step.get("expect", {}), self.scope)
-            problems = _schema_problems(plugin.params_schema, params, "with")
-            problems += _schema_problems(plugin.expect_schema, expect, "expect")
+            stored_params, stored_expect = step.get("with", {}), step.get("expect", {})
+            params = render(stored_params, self.scope)
+            expect = render(stored_expect, self.scope)
+            problems = _block_problems(plugin, "with", params, stored_params)
+            problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
                 raise PluginError("; ".join(problems))
             context = StepContext(run_id=self.run_id, step_name=step["name"], timeout=timeout)
@@ -304,10 +307,32 @@ class _RunExecution:
         return failures
 
 
-def _schema_problems(schema: dict, value: Any, block: str) -> list[str]:
-    """What is wrong with a rendered ``with``/``expect`` block, each naming the field."""
+# Verdicts on blocks longer than this are not remembered (memory).
+_REMEMBERED_BLOCK_CHARS = 4096
+
+
+def _block_problems(plugin: ProtocolPlugin, block: str, value: Any, stored: Any) -> tuple[str, ...]:
+    """What is wrong with a rendered ``with``/``expect`` block, each naming the field.
+
+    A block without templates (``value is stored``) is the same for every run of its scenario:
+    its verdict is remembered, by its JSON text (when short), for the life of the process.
+    """
+    if value is stored:
+        document = json.dumps(value, sort_keys=True)
+        if len(document) <= _REMEMBERED_BLOCK_CHARS:
+            return _validated_document(plugin, block, document)
+    return _validate(plugin, block, value)
+
+
+@lru_cache(maxsize=1024)
+def _validated_document(plugin: ProtocolPlugin, block: str, document: str) -> tuple[str, ...]:
+    return _validate(plugin, block, json.loads(document))
+
+
+def _validate(plugin: ProtocolPlugin, block: str, value: Any) -> tuple[str, ...]:
+    validator = plugin.params_validator if block == "with" else plugin.expect_validator
     problems = []
-    for error in Draft202012Validator(schema).iter_errors(value):
+    for error in validator.iter_errors(value):
         path = ".".join(map(str, error.absolute_path))
         problems.append(f"{block}.{path}: {error.message}" if path else f"{block}: {error.message}")
-    return problems
+    return tuple(problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -22,14 +23,14 @@ SENSITIVE_KEY_PARTS = frozenset(
         "credential",
     }
 )
+_SENSITIVE_KEY = re.compile("|".join(sorted(SENSITIVE_KEY_PARTS)))
 
 
 def is_sensitive_key(key: Any) -> bool:
     """Whether a header, field or variable called ``key`` holds a credential."""
     if not isinstance(key, str):
         return False
-    normalized = key.lower().replace("-", "_")
-    return any(part in normalized for part in SENSITIVE_KEY_PARTS)
+    return _SENSITIVE_KEY.search(key.lower().replace("-", "_")) is not None
 
 
 def redact(value: Any, secrets: frozenset[str] | set[str] = frozenset()) -> Any:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
+from orchestra.prepared import PreparedStatement
 from orchestra.transitions import IllegalTransition, conditional_transition
 
 
@@ -72,7 +74,9 @@ class Claim:
     context: dict[str, Any]
 
 
-_CLAIM_SQL = """
+_CLAIM = PreparedStatement(
+    "orchestra_claim_run",
+    """
 UPDATE runs_testrun
    SET status = 'IN_PROGRESS', attempt = attempt + 1, worker = %(worker)s,
        lease_expires_at = now() + make_interval(secs => %(lease)s),
@@ -82,7 +86,8 @@ UPDATE runs_testrun
         OR (status = 'IN_PROGRESS'
             AND (lease_expires_at < now() OR worker = %(takeover_from)s)))
 RETURNING attempt, definition, context
-"""
+""",
+)
 
 
 STEP_COLUMNS = (
@@ -101,42 +106,51 @@ STEP_COLUMNS = (
     "tries",
     "error",
 )
-_STEP_JSON_COLUMNS = frozenset({"request", "response", "captures", "assertions", "tries"})
-_STEP_VALUES = ", ".join(
-    f"%(step_{name})s::jsonb" if name in _STEP_JSON_COLUMNS else f"%(step_{name})s"
-    for name in STEP_COLUMNS
-)
+# A step's result travels as one JSON object keyed by StepResult column: one parameter instead
+# of fourteen, and the server reads it into a row of the table's own type.
 _STEP_INSERT = f"""
 INSERT INTO runs_stepresult (run_id, attempt, {", ".join(STEP_COLUMNS)})
-SELECT %(run_id)s, %(attempt)s, {_STEP_VALUES}
+SELECT %(run_id)s, %(attempt)s, {", ".join(f"step.{name}" for name in STEP_COLUMNS)}
+  FROM jsonb_populate_record(NULL::runs_stepresult, %(step)s::jsonb) AS step
 """
+_STORE_STEP = PreparedStatement("orchestra_store_step", _STEP_INSERT)
 
 # The final transition and the last step's result in one statement: one round trip, one
 # commit, and the step is stored only if this worker still owned the run.
-_FINISH_SQL = f"""
+_FINISH = PreparedStatement(
+    "orchestra_finish_run",
+    f"""
 WITH finished AS (
     UPDATE runs_testrun
        SET status = %(to)s, finished_at = now(), lease_expires_at = NULL, error = %(error)s
      WHERE id = %(run_id)s AND status = 'IN_PROGRESS' AND worker = %(worker)s
        AND attempt = %(attempt)s
     RETURNING id
-), step AS ({_STEP_INSERT} WHERE %(has_step)s AND EXISTS (SELECT 1 FROM finished))
+), step AS ({_STEP_INSERT}
+ WHERE %(step)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM finished))
 SELECT count(*) FROM finished
-"""
+""",
+)
 
 
-def _step_params(step: dict[str, Any] | None) -> dict[str, Any]:
-    params = {}
-    for name in STEP_COLUMNS:
-        value = step[name] if step is not None else None
-        params[f"step_{name}"] = json.dumps(value) if name in _STEP_JSON_COLUMNS else value
-    return params
+def _step_json(step: dict[str, Any] | None) -> str | None:
+    if step is None:
+        return None
+    return json.dumps({name: step[name] for name in STEP_COLUMNS}, default=_isoformat)
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def store_step(run_id: int, *, attempt: int, step: dict[str, Any]) -> None:
     """Insert one StepResult row (``step`` maps each StepResult column to its value)."""
     with connection.cursor() as cursor:
-        cursor.execute(_STEP_INSERT, {"run_id": run_id, "attempt": attempt, **_step_params(step)})
+        _STORE_STEP.execute(
+            cursor, {"run_id": run_id, "attempt": attempt, "step": _step_json(step)}
+        )
 
 
 def finish_run(
@@ -161,11 +175,10 @@ def finish_run(
         "worker": worker,
         "attempt": attempt,
         "error": error,
-        "has_step": last_step is not None,
-        **_step_params(last_step),
+        "step": _step_json(last_step),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_FINISH_SQL, params)
+        _FINISH.execute(cursor, params)
         return cursor.fetchone()[0] == 1
 
 
@@ -178,8 +191,8 @@ def claim_run(
     over. One statement, so of two workers holding the same message only one can win.
     """
     with connection.cursor() as cursor:
-        cursor.execute(
-            _CLAIM_SQL,
+        _CLAIM.execute(
+            cursor,
             {
                 "run_id": run_id,
                 "worker": worker,

@@ -92,13 +92,18 @@ def _has_template(text: str) -> bool:
 
 
 def render(value: Any, context: dict[str, Any]) -> Any:
-    """Render every template in ``value`` (strings, lists and dicts, recursively)."""
+    """Render every template in ``value`` (strings, lists and dicts, recursively).
+
+    A value without templates comes back as the very same object.
+    """
     if isinstance(value, str):
         return _render_text(value, context)
     if isinstance(value, list):
-        return [render(item, context) for item in value]
+        items = [render(item, context) for item in value]
+        return value if all(new is old for new, old in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        rendered = {key: render(item, context) for key, item in value.items()}
+        return value if all(rendered[key] is item for key, item in value.items()) else rendered
     return value
 
 

@@ -101,3 +101,46 @@ def test_an_expectation_that_renders_valid_passes(transactional_db, monkeypatch)
     run_execute(run_id=run.id, worker="test:1")
 
     assert outcome(run) == (RunStatus.PASSED, StepStatus.PASSED, "")
+
+
+def test_a_block_without_templates_is_judged_once_and_alike_every_time(
+    transactional_db, monkeypatch
+):
+    plugin = LimitPlugin()
+    checked = []
+    real_validate = executor._validate
+    monkeypatch.setattr(
+        executor, "_validate", lambda *args: checked.append(args[1]) or real_validate(*args)
+    )
+    executor._validated_document.cache_clear()
+    invalid = [start_run(monkeypatch, plugin, {"expect": {"limit": "soon"}}, {}) for _ in range(2)]
+    valid = start_run(monkeypatch, plugin, {"expect": {"limit": 3}}, {})
+
+    for run in [*invalid, valid]:
+        run_execute(run_id=run.id, worker="test:1")
+
+    for run in invalid:
+        assert outcome(run) == (
+            RunStatus.ERROR,
+            StepStatus.ERROR,
+            "expect.limit: 'soon' is not of type 'number'",
+        )
+    assert outcome(valid) == (RunStatus.PASSED, StepStatus.PASSED, "")
+    # with and expect of the invalid definition once, then of the valid one once
+    assert checked == ["with", "expect", "expect"]
+
+
+def test_a_templated_block_is_judged_on_every_run(transactional_db, monkeypatch):
+    step = {"expect": {"limit": "{{ payload.limit }}"}}
+    runs = [
+        start_run(monkeypatch, LimitPlugin(), step, {"limit": limit}) for limit in (7, "soon", 7)
+    ]
+
+    for run in runs:
+        run_execute(run_id=run.id, worker="test:1")
+
+    assert [outcome(run)[0] for run in runs] == [
+        RunStatus.PASSED,
+        RunStatus.ERROR,
+        RunStatus.PASSED,
+    ]

@@ -265,3 +265,19 @@ def test_referenced_names_lists_the_top_level_names_a_template_reads(value, name
 )
 def test_is_templated_is_true_only_for_strings_holding_a_template(value, templated):
     assert is_templated(value) is templated
+
+
+def test_a_value_without_templates_comes_back_as_the_same_object():
+    value = {"url": "http://target.test", "headers": {"Accept": "json"}, "codes": [200, 201]}
+
+    assert render(value, CONTEXT) is value
+
+
+def test_a_value_with_a_template_comes_back_as_a_new_object():
+    value = {"static": {"a": 1}, "codes": [200, "{{ user_id }}"]}
+
+    rendered = render(value, CONTEXT)
+
+    assert rendered == {"static": {"a": 1}, "codes": [200, 42]}
+    assert value == {"static": {"a": 1}, "codes": [200, "{{ user_id }}"]}
+    assert rendered["static"] is value["static"]
