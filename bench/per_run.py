@@ -17,7 +17,9 @@ round trip can be counted and timed without other processes in the way:
 Round trips are counted from what psycopg2 sends: every statement, the ``BEGIN`` it issues
 before the first statement of a transaction, every ``COMMIT``, and Django's ``SELECT 1``
 health check. WAL bytes are the server's (other databases' writes count too, so run it on a
-quiet machine). Wall time is split into time waiting for PostgreSQL and the rest (Python).
+quiet machine). Wall time is split into time waiting for PostgreSQL and the rest (Python);
+CPU time is this process's (``cpu us``) and its PostgreSQL backend's (``pg cpu us``, read from
+/proc: the server must run on this machine).
 
     .venv/bin/python bench/per_run.py [--runs 1000]
 
@@ -48,6 +50,7 @@ from bench.throughput import (  # noqa: E402
     DEFAULT_DATABASE_URL,
     SCENARIO,
     SCENARIO_NAME,
+    _proc_cpu,
     ensure_database,
     ensure_vhost,
     log,
@@ -133,15 +136,27 @@ def wal_position(connection: Any) -> int:
         return int(cursor.fetchone()[0])
 
 
+def backend_cpu(connection: Any) -> tuple[int, float]:
+    """(pid, CPU seconds so far) of the PostgreSQL backend serving ``connection``."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    return pid, _proc_cpu(pid)[2]
+
+
 def measure(label: str, runs: int, counting: Counting, body) -> dict[str, Any]:
     from django.db import connection
 
     wal_before = wal_position(connection)
+    backend, server_before = backend_cpu(connection)
     counting.reset()
     with connection.execute_wrapper(counting):
-        started = time.perf_counter()
+        started, client_before = time.perf_counter(), time.process_time()
         body()
         wall = time.perf_counter() - started
+        client = time.process_time() - client_before
+    same_backend, server_after = backend_cpu(connection)
+    server = server_after - server_before if same_backend == backend else float("nan")
     counts = dict(counting.counts)
     db_seconds = counting.db_seconds
     wal = wal_position(connection) - wal_before
@@ -155,7 +170,13 @@ def measure(label: str, runs: int, counting: Counting, body) -> dict[str, Any]:
         "wall_us_per_run": round(wall / runs * 1e6),
         "db_wait_us_per_run": round(db_seconds / runs * 1e6),
         "python_us_per_run": round((wall - db_seconds) / runs * 1e6),
+        "client_cpu_us_per_run": round(client / runs * 1e6),
+        "server_cpu_us_per_run": round(server / runs * 1e6) if server == server else None,
     }
+
+
+def _thousands(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,17 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{args.runs} runs, one process; per run:")
     log(
         f"  {'':<18}{'round trips':>12}{'commits':>9}{'WAL B':>8}{'wall us':>9}{'db us':>8}"
-        f"{'python us':>11}"
+        f"{'python us':>11}{'cpu us':>8}{'pg cpu us':>11}"
     )
     for result in results:
         log(
             f"  {result['label']:<18}{result['round_trips_per_run']:>12g}"
             f"{result['commits_per_run']:>9g}{result['wal_bytes_per_run']:>8,}"
             f"{result['wall_us_per_run']:>9,}{result['db_wait_us_per_run']:>8,}"
-            f"{result['python_us_per_run']:>11,}"
+            f"{result['python_us_per_run']:>11,}{result['client_cpu_us_per_run']:>8,}"
+            f"{_thousands(result['server_cpu_us_per_run']):>11}"
         )
         for kind, count in result["by_kind_per_run"].items():
-            log(f"      {kind:<28}{count:>8g}")
+            log(f"      {kind:<36}{count:>8g}")
     print(json.dumps({"bench": "per_run", "runs": args.runs, "results": results}))
     return 0
 
