@@ -1,9 +1,9 @@
 """Statements PostgreSQL parses and plans once per connection (``PREPARE`` / ``EXECUTE``).
 
 A worker runs the same few statements for every run (claim, finish, queue hand-off), and for
-such short statements PostgreSQL spends more CPU parsing and planning than executing them:
-``bench/per_run.py`` and ``bench/throughput.py`` show the server's CPU per run halved when they
-are prepared. A :class:`PreparedStatement` is written like any raw query, with ``%(name)s``
+such short statements PostgreSQL spends about as much CPU parsing and planning them as
+executing them: prepared, a claim and a finish cost the server half the CPU (``bench/per_run.py``,
+``bench/README.md``). A :class:`PreparedStatement` is written like any raw query, with ``%(name)s``
 placeholders; on each database connection it is prepared on first use (prepared statements
 outlive transactions, rolled back or not) and executed by name afterwards.
 

@@ -37,6 +37,7 @@ from tests.support import WorkerProcess, wait_for
 
 SCENARIOS = 12
 FLAKY_EVERY = 4  # every 4th scenario fails its first start per queue record
+VICTIM_STEP_SECONDS = 2  # runs started for a kill when the load has drained
 
 
 def chaos_definition(target_url: str, index: int, work_seconds: float | None = None) -> dict:
@@ -98,6 +99,18 @@ def make_scenarios(target_url: str) -> list[Scenario]:
     ]
 
 
+def start_runs(load: Load, *, name: str, work_seconds: float, count: int) -> None:
+    """Start ``count`` more runs of a chaos scenario (saved as ``name``) whose work step lasts
+    ``work_seconds``; the load counts them like the others."""
+    target_url = Scenario.objects.get(name="chaos-0").definition["steps"][-1]["with"]["url"]
+    base = target_url.split("/tick")[0]
+    scenario = scenario_save(
+        name=name, definition=chaos_definition(base, 1, work_seconds=work_seconds)
+    )
+    runs = runs_start(scenario=scenario, payloads=[{}] * count)
+    load.run_ids |= {run.id for run in runs}
+
+
 # --- faults -------------------------------------------------------------------------------------
 
 
@@ -118,10 +131,12 @@ class Cluster:
         for worker in self.workers:
             worker.stop()
 
-    def busy_worker(self) -> tuple[WorkerProcess, int]:
+    def busy_worker(self, load: Load) -> tuple[WorkerProcess, int]:
         """A worker whose pool child is executing a run right now, and that child (waits for one).
 
-        The run may end between this look and the kill: the kill then lands between runs.
+        When nothing is executing (the load drained before this fault's turn), a few runs with
+        a longer step are started for the fault to land on; they count in the load like any
+        other. The run may end between this look and the kill: the kill then lands between runs.
         """
         busy = TestRun.objects.filter(status="IN_PROGRESS").values_list("worker", flat=True)
 
@@ -132,19 +147,23 @@ class Cluster:
                     return worker, child
             return None
 
+        found = find()
+        if found:
+            return found
+        start_runs(load, name="chaos-victim", work_seconds=VICTIM_STEP_SECONDS, count=self.size)
         return wait_for(find, timeout=20, interval=0.01, message="a busy worker")
 
 
 def kill_child(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """SIGKILL the pool child executing a run, in the middle of its steps."""
-    worker, child = cluster.busy_worker()
+    worker, child = cluster.busy_worker(load)
     subprocess.run(["kill", "-9", str(child)], check=True)
     return f"killed pool child {child} of {worker.name}"
 
 
 def kill_worker(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """SIGKILL a whole worker (main process and children) mid-run; start a replacement."""
-    worker, _ = cluster.busy_worker()
+    worker, _ = cluster.busy_worker(load)
     worker.kill()
     cluster.workers.remove(worker)
     cluster.start()
@@ -258,13 +277,7 @@ LONG_STEP_SECONDS = 8  # longer than the suite's broker's consumer_timeout (5 s)
 def long_steps(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """Runs whose step outlives the broker's consumer timeout: the broker takes the message
     back and redelivers it while the first worker is still executing the run."""
-    target_url = Scenario.objects.get(name="chaos-0").definition["steps"][-1]["with"]["url"]
-    base = target_url.split("/tick")[0]
-    scenario = scenario_save(
-        name="chaos-long", definition=chaos_definition(base, 1, work_seconds=LONG_STEP_SECONDS)
-    )
-    runs = runs_start(scenario=scenario, payloads=[{}] * 3)
-    load.run_ids |= {run.id for run in runs}
+    start_runs(load, name="chaos-long", work_seconds=LONG_STEP_SECONDS, count=3)
     return f"started 3 runs with a {LONG_STEP_SECONDS} s step (consumer timeout 5 s)"
 
 
