@@ -1,6 +1,8 @@
 """The two peers orchestra is measured against, with their own Celery app, queue and tables.
 
 - ``bench.noop``: a bare Celery task that does nothing, the ceiling of the broker and Celery;
+- ``bench.sleep``: a task that only sleeps (``--phases sleep``): the no-op's cost once a task
+  lasts as long as a run;
 - ``bench.handwritten``: what a user writes without orchestra: insert a run row, mark it in
   progress, insert one step row, mark the run passed. Four ORM writes, each its own commit.
 
@@ -125,6 +127,12 @@ class PeerStep(models.Model):
 @app.task(name="bench.noop")
 def noop() -> None:
     """Nothing at all: what Celery and RabbitMQ cost per task."""
+
+
+@app.task(name="bench.sleep")
+def sleep(seconds: float) -> None:
+    """Nothing but waiting: what a task that lasts milliseconds costs Celery and RabbitMQ."""
+    time.sleep(seconds)
 
 
 @app.task(name="bench.handwritten")

@@ -7,6 +7,9 @@ One invocation, one broker (vhost ``orchestra_bench``), one database (``orchestr
 - **handwritten**: N messages of ``bench.peers.handwritten`` (insert a run row, mark it in
   progress, insert a step row, mark it passed: four ORM writes), on its own Celery app and tables;
 - **noop**: N messages of ``bench.peers.noop``, a task that does nothing;
+- **sleep** (only when asked for): N messages of ``bench.peers.sleep``, a task that sleeps
+  ``--sleep-ms`` and does nothing else: what Celery and RabbitMQ spend on a task that lasts
+  as long as a run;
 - **latency**: orchestra runs started one at a time with ``run_start`` at a steady offered load
   (100 runs/s for 10 s by default); latency of a run = ``finished_at - queued_at``.
 
@@ -382,6 +385,11 @@ class Bench:
         start_seconds = self._publish(self.peers.noop, n)
         return self._drain(n, start_seconds, self.peer_pool, None)
 
+    def sleep(self, n: int) -> dict[str, float]:
+        self.reset_peers()
+        start_seconds = self._publish(self.peers.sleep, n, args=[self.args.sleep_ms / 1000])
+        return self._drain(n, start_seconds, self.peer_pool, None)
+
     def _publish(self, task: Any, n: int, **options: Any) -> float:
         started = time.perf_counter()
         with task.app.producer_or_acquire() as producer:
@@ -584,7 +592,7 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 def summarise(samples: dict[str, list[dict]], args: argparse.Namespace, env_info: dict) -> dict:
-    kinds = [kind for kind in ("orchestra", "handwritten", "noop") if samples[kind]]
+    kinds = [kind for kind in ("orchestra", "handwritten", "noop", "sleep") if samples[kind]]
 
     def figure(key: str) -> dict[str, dict]:
         return {kind: spread([sample[key] for sample in samples[kind]]) for kind in kinds}
@@ -696,7 +704,9 @@ def plot(result: dict, path: str) -> None:
     panels = 2 if "latency_ms" in result else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels + 1, 4), squeeze=False)
     axis = axes[0][0]
-    axis.bar(kinds, medians, yerr=errors, capsize=6, color=["#3b7dd8", "#999999", "#cccccc"])
+    axis.bar(
+        kinds, medians, yerr=errors, capsize=6, color=["#3b7dd8", "#999999", "#cccccc", "#dddddd"]
+    )
     axis.set_yscale("log")
     axis.set_ylabel("runs/s (log)")
     axis.set_title(f"{result['runs']} one-step runs, 2 worker processes")
@@ -739,7 +749,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--phases",
         default="orchestra,handwritten,noop,latency",
-        help="comma-separated subset of orchestra,handwritten,noop,latency",
+        help="comma-separated subset of orchestra,handwritten,noop,sleep,latency",
+    )
+    parser.add_argument(
+        "--sleep-ms", type=float, default=3.0, help="how long a task of the sleep phase sleeps"
     )
     parser.add_argument("--warmup", type=int, default=200, help="untimed runs per phase first")
     parser.add_argument(
@@ -774,7 +787,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
-    unknown = set(args.phases) - {"orchestra", "handwritten", "noop", "latency"}
+    unknown = set(args.phases) - {"orchestra", "handwritten", "noop", "sleep", "latency"}
     if unknown:
         parser.error(f"unknown phases: {sorted(unknown)}")
     return args
@@ -823,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         "orchestra": [],
         "handwritten": [],
         "noop": [],
+        "sleep": [],
         "latency": [],
     }
     with ExitStack() as stack:
@@ -846,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         pools = []
         if {"orchestra", "latency"} & set(args.phases):
             pools.append((bench.orchestra_pool, orchestra_app, orchestra_env))
-        if {"handwritten", "noop"} & set(args.phases):
+        if {"handwritten", "noop", "sleep"} & set(args.phases):
             pools.append((bench.peer_pool, "bench.peers", peer_env))
         # Declared (and emptied) before any worker or watcher looks at them.
         bench.reset_orchestra()
