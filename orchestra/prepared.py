@@ -18,7 +18,6 @@ import re
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -45,22 +44,23 @@ class PreparedStatement:
         return f"${self.parameters.index(parameter) + 1}"
 
     def execute(self, cursor, params: dict[str, Any]) -> None:
-        """Execute on ``cursor`` (a cursor of the default connection) with ``params``."""
+        """Execute on ``cursor`` (a Django cursor) with ``params``."""
         if not settings.ORCHESTRA_DB_PREPARED_STATEMENTS:
             cursor.execute(self.sql, params)
             return
-        prepared = _prepared_on_this_connection()
+        prepared = _prepared_on(cursor.db)
         if self.name not in prepared:
             cursor.execute(self._prepare)
             prepared.add(self.name)
         cursor.execute(self._execute, [params[parameter] for parameter in self.parameters])
 
 
-def _prepared_on_this_connection() -> set[str]:
-    # Kept beside the live DB-API connection it belongs to: a reconnect starts an empty set.
-    raw = connection.connection
-    known = getattr(connection, "_orchestra_prepared", None)
+def _prepared_on(database) -> set[str]:
+    """The statements prepared on ``database``'s (a Django connection's) current DB-API
+    connection; a reconnect starts an empty set."""
+    raw = database.connection
+    known = getattr(database, "_orchestra_prepared", None)
     if known is None or known[0] is not raw:
         known = (raw, set())
-        connection._orchestra_prepared = known
+        database._orchestra_prepared = known
     return known[1]
