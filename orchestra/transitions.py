@@ -48,3 +48,16 @@ def conditional_transition(
         status=to, **fields
     )
     return updated == 1
+
+
+def sources_sql(
+    allowed_sources: Mapping[str, frozenset[str]], to: str, column: str = "status"
+) -> str:
+    """``status IN ('A', 'B')``: the raw-SQL condition that ``to`` may be entered, from the same
+    table of allowed transitions as :func:`conditional_transition` (statuses are constants of
+    the state machine, never user input)."""
+    allowed = allowed_sources.get(to)
+    if allowed is None:
+        raise IllegalTransition(f"no transition leads to {to}")
+    quoted = ", ".join(f"'{status}'" for status in sorted(allowed))
+    return f"{column} IN ({quoted})"

@@ -14,10 +14,24 @@ renders the templates in that block, validates it against the plugin's ``params_
 Expectations are checked by ``check(expect, result)``, which returns one :class:`Assertion` per
 expectation; any failed assertion makes the step ``FAILED``. A plugin never touches the database
 and never sees other steps: everything it needs comes in ``params`` and ``context``.
+
+Three duties come with the :class:`StepContext`:
+
+- **a total deadline**: connect, send and read together end by ``context.deadline`` (a
+  ``time.monotonic()`` instant; ``context.remaining()`` gives the seconds left). Past it the
+  plugin raises ``PluginError(..., retryable=True)``;
+- **stop when told**: ``context.stop`` is set when the run must stop now (cancelled, its lease
+  lost, its time limit reached). A plugin that waits waits on that event, or checks it between
+  reads, and gives up promptly;
+- **the outbound policy before every connection**: ``context.check_outbound(host, port)``
+  raises :class:`plugins.outbound.OutboundRefused` or returns the addresses the policy checked;
+  the plugin connects to one of those, never resolves the name again.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -68,11 +82,31 @@ class Assertion:
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a plugin may know about the step it executes."""
+    """What a plugin may know about the step it executes (see the module docstring)."""
 
     run_id: int
     step_name: str
     timeout: float
+    #: ``time.monotonic()`` by which the step must end; ``timeout`` from creation by default.
+    deadline: float = -1.0
+    #: Set when the run must stop now; plugins that wait, wait on it.
+    stop: threading.Event = field(default_factory=threading.Event, compare=False)
+    #: Names of the credentials the step's rendered parameters carry.
+    credentials_sent: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.deadline < 0:
+            object.__setattr__(self, "deadline", time.monotonic() + self.timeout)
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline, never negative."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check_outbound(self, host: str, port: int) -> list:
+        """The addresses ``host:port`` may be reached at; raises ``OutboundRefused`` if none."""
+        from plugins.outbound import step_outbound_check
+
+        return step_outbound_check(host, port, credentials_sent=self.credentials_sent)
 
 
 class ProtocolPlugin(ABC):

@@ -128,8 +128,8 @@ class OutboundPolicy:
     allow: tuple[Entry, ...]
     deny: tuple[Entry, ...]
 
-    def check(self, host: str, port: int) -> None:
-        """Raise :class:`OutboundRefused` if ``host:port`` may not be reached."""
+    def check(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses of ``host:port``; raises :class:`OutboundRefused` if it is refused."""
         addresses = _resolve(host, port)
         for entry in self.deny:
             if entry.matches(host, port, addresses):
@@ -141,6 +141,7 @@ class OutboundPolicy:
             raise OutboundRefused(
                 f"connection to {host}:{port} refused: not in ORCHESTRA_OUTBOUND_ALLOW"
             )
+        return addresses
 
 
 def _how_to_open(entry: Entry) -> str:
@@ -185,3 +186,10 @@ def outbound_policy() -> OutboundPolicy:
         tuple(settings.ORCHESTRA_OUTBOUND_DENY),
         settings.ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE,
     )
+
+
+def step_outbound_check(
+    host: str, port: int, *, credentials_sent: frozenset[str] = frozenset()
+) -> list[IPAddress]:
+    """The check behind :meth:`plugins.base.StepContext.check_outbound`."""
+    return outbound_policy().check(host, port)
