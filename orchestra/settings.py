@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from orchestra.env import (
     database_from_url,
     env_bool,
@@ -187,18 +189,44 @@ ORCHESTRA_QUEUE_RETRY_BASE_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_BASE_SECON
 ORCHESTRA_QUEUE_RETRY_MAX_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_MAX_SECONDS", 600.0)
 # Credentials steps read as {{ credentials.NAME }}, from ORCHESTRA_CREDENTIAL_<NAME> variables of
 # the worker's environment: never stored with a scenario or run, always redacted from results.
+# ORCHESTRA_CREDENTIAL_<NAME>_HOSTS (comma-separated outbound entries) binds NAME to the only
+# targets it may be sent to (plugins/outbound.py); it is a binding, not a credential.
 CREDENTIAL_PREFIX = "ORCHESTRA_CREDENTIAL_"
-ORCHESTRA_CREDENTIALS = {
+CREDENTIAL_HOSTS_SUFFIX = "_HOSTS"
+_credential_variables = {
     name.removeprefix(CREDENTIAL_PREFIX): value
     for name, value in os.environ.items()
     if name.startswith(CREDENTIAL_PREFIX) and value
 }
+ORCHESTRA_CREDENTIALS = {
+    name: value
+    for name, value in _credential_variables.items()
+    if not name.endswith(CREDENTIAL_HOSTS_SUFFIX)
+}
+ORCHESTRA_CREDENTIAL_HOSTS = {
+    name.removesuffix(CREDENTIAL_HOSTS_SUFFIX): env_list(CREDENTIAL_PREFIX + name, [])
+    for name in _credential_variables
+    if name.endswith(CREDENTIAL_HOSTS_SUFFIX)
+}
+if unbound := sorted(set(ORCHESTRA_CREDENTIAL_HOSTS) - set(ORCHESTRA_CREDENTIALS)):
+    raise ImproperlyConfigured(
+        ", ".join(f"{CREDENTIAL_PREFIX}{name}{CREDENTIAL_HOSTS_SUFFIX}" for name in unbound)
+        + f" binds hosts to no credential: {CREDENTIAL_PREFIX}<NAME> is not set"
+    )
 # Which hosts steps may connect to (plugins/outbound.py): when ALLOW is set a target must match
-# it; DENY adds refused entries; the broker's and database's addresses and cloud metadata
-# addresses are refused unless DENY_INFRASTRUCTURE is false (a test environment).
+# it; DENY adds refused entries; orchestra's own services (broker and its management API,
+# database, Redis cache, Flower, web server) and the link-local and cloud metadata addresses are
+# refused unless DENY_INFRASTRUCTURE is false, or OPEN_INFRASTRUCTURE opens one (test
+# environments).
 ORCHESTRA_OUTBOUND_ALLOW = env_list("ORCHESTRA_OUTBOUND_ALLOW", [])
 ORCHESTRA_OUTBOUND_DENY = env_list("ORCHESTRA_OUTBOUND_DENY", [])
 ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE = env_bool("ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE", True)
+ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE = env_list("ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE", [])
+# RabbitMQ's management API; empty: port 15672 of each broker host.
+ORCHESTRA_BROKER_MANAGEMENT_URL = env_str("ORCHESTRA_BROKER_MANAGEMENT_URL", "")
+# Every URL orchestra's web server answers at (its bind address, its public URL): steps may not
+# call it.
+ORCHESTRA_WEB_URLS = env_list("ORCHESTRA_WEB_URLS", ["http://127.0.0.1:8000"])
 # Where the admin dashboard links to Flower.
 ORCHESTRA_FLOWER_URL = env_str("ORCHESTRA_FLOWER_URL", "http://127.0.0.1:5555/")
 # A scraper presenting "Authorization: Bearer <token>" may read /metrics; empty: users only.

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 from django.conf import settings
 
@@ -15,7 +20,7 @@ from plugins.base import (
     StepContext,
     check_json_paths,
 )
-from plugins.outbound import outbound_policy
+from plugins.outbound import OutboundRefused, step_outbound_check
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -40,9 +45,129 @@ def _request_content(params: dict[str, Any]) -> bytes | str | None:
     return params.get("body")
 
 
-def _check_outbound(request: httpx.Request) -> None:
-    url = request.url
-    outbound_policy().check(url.host, url.port or (443 if url.scheme == "https" else 80))
+#: The request extension that carries the step's :class:`StepContext` to the transport.
+STEP_EXTENSION = "orchestra.step"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The outbound check of the request being sent: where its connection may go."""
+
+    context: StepContext
+    host: str
+    port: int
+    addresses: list
+
+
+#: Set by the transport around each request it sends, for the backend and streams beneath it.
+_checked: ContextVar[_Checked | None] = ContextVar("outbound_checked", default=None)
+
+
+def _current(host: str, port: int) -> _Checked:
+    checked = _checked.get()
+    if checked is None or (checked.host, checked.port) != (host, port):
+        # Only a request sent through CheckedTransport opens or uses a connection.
+        raise OutboundRefused(f"connection to {host}:{port} refused: no outbound check")
+    return checked
+
+
+class _CheckedStream(httpcore.NetworkStream):
+    """A connection that sends a request's bytes only if its peer passes that request's check:
+    a pooled keep-alive connection may be reused by a later request with other credentials."""
+
+    def __init__(self, stream: httpcore.NetworkStream, host: str, port: int, address) -> None:
+        self._stream, self._host, self._port, self._address = stream, host, port, address
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        checked = _current(self._host, self._port)
+        if self._address not in checked.addresses:
+            step_outbound_check(
+                self._host,
+                self._port,
+                credentials_sent=checked.context.credentials_sent,
+                addresses=[self._address],
+            )
+            checked.addresses.append(self._address)
+        self._stream.write(buffer, timeout)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        # server_hostname is the URL's host: SNI and certificate checks use the name, not the IP.
+        stream = self._stream.start_tls(ssl_context, server_hostname, timeout)
+        return _CheckedStream(stream, self._host, self._port, self._address)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _CheckedBackend(httpcore.SyncBackend):
+    """Connects to the addresses the request's outbound check returned, never to a name."""
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable | None = None,
+    ) -> httpcore.NetworkStream:
+        checked = _current(host, port)
+        if not checked.addresses:
+            raise httpcore.ConnectError(f"{host} has no address")
+        failure: httpcore.ConnectError | None = None
+        for address in list(checked.addresses):
+            try:
+                stream = super().connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                failure = exc
+                continue
+            return _CheckedStream(stream, host, port, address)
+        raise failure
+
+
+class CheckedTransport(httpx.HTTPTransport):
+    """httpx's transport with the outbound check of each request, redirects included, and a
+    connection pool that connects only to the addresses that check returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # httpx 0.28 takes no network backend: the pool is built again with ours.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=LIMITS.max_connections,
+            max_keepalive_connections=LIMITS.max_keepalive_connections,
+            keepalive_expiry=LIMITS.keepalive_expiry,
+            network_backend=_CheckedBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        context = request.extensions.get(STEP_EXTENSION)
+        url = request.url
+        if url.scheme not in DEFAULT_PORTS or not url.raw_host:
+            raise httpx.UnsupportedProtocol("the URL needs http:// or https:// and a host")
+        host, port = url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[url.scheme]
+        if context is None:
+            raise OutboundRefused(f"connection to {host}:{port} refused: no step context")
+        addresses = context.check_outbound(host, port)
+        token = _checked.set(_Checked(context, host, port, list(addresses)))
+        try:
+            return super().handle_request(request)
+        finally:
+            _checked.reset(token)
 
 
 class HttpPlugin(ProtocolPlugin):
@@ -96,9 +221,10 @@ class HttpPlugin(ProtocolPlugin):
     }
 
     def __init__(self) -> None:
-        # One client per process: connection pooling across steps and runs. The outbound policy
-        # is checked before every request it sends, redirects included.
-        self._client = httpx.Client(event_hooks={"request": [_check_outbound]})
+        # One client per process: connection pooling across steps and runs. Its transport checks
+        # the outbound policy before every request, redirects included, and connects only to
+        # the addresses the check returned.
+        self._client = httpx.Client(transport=CheckedTransport())
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         method = params.get("method", "GET")
@@ -122,6 +248,7 @@ class HttpPlugin(ProtocolPlugin):
                 params=params.get("query"),
                 content=_request_content(params),
                 timeout=timeout,
+                extensions={STEP_EXTENSION: context},
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PluginError(f"invalid URL {params['url']!r}: {exc}") from None
