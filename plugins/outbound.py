@@ -321,6 +321,7 @@ def outbound_policy() -> OutboundPolicy:
             settings.ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE,
             tuple(settings.ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE),
             # The rest only says when the infrastructure list must be built again.
+            tuple(_broker_urls()),
             tuple(_cache_urls()),
             databases,
             settings.ORCHESTRA_FLOWER_URL,
