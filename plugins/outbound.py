@@ -210,6 +210,12 @@ def _cache_urls() -> list[str]:
     return urls
 
 
+def _with_port(url: str, port: int) -> str:
+    """``url``'s host (as ``//host:port``) with another port."""
+    host = urlsplit(url).hostname or ""
+    return f"//[{host}]:{port}" if ":" in host else f"//{host}:{port}"
+
+
 def _infrastructure_entries() -> list[Entry]:
     def entries(urls: Iterable[str], default_port: int, reason: str) -> list[Entry]:
         return [entry for url in urls for entry in _service_entries(url, default_port, reason)]
@@ -234,7 +240,7 @@ def _infrastructure_entries() -> list[Entry]:
         *entries(
             [management]
             if management
-            else [f"//{urlsplit(url).hostname}:{BROKER_MANAGEMENT_PORT}" for url in brokers],
+            else [_with_port(url, BROKER_MANAGEMENT_PORT) for url in brokers],
             BROKER_MANAGEMENT_PORT,
             "the message broker's management API",
         ),
