@@ -19,7 +19,7 @@ worker's own settings name them (each host name, and every address it resolves t
   hand out credentials.
 
 A service on this machine (a loopback or unspecified host) may listen on every interface, so
-its port is refused on the whole loopback range and on the addresses of this machine's name.
+its port is refused on the whole loopback range and on every address of this machine.
 
 **Settings** (environment variables of the same name):
 
@@ -191,7 +191,26 @@ def _service_entries(url: str, default_port: int, reason: str) -> list[Entry]:
     if any(address.is_loopback for address in addresses):
         # A local service may listen on every interface: each of them leads to it.
         targets += [*LOOPBACK, *(str(a) for a in _resolve(socket.gethostname(), port))]
+        targets += _local_addresses()
     return [Entry.parse(f"[{text}]:{port}", reason, infrastructure=True) for text in targets]
+
+
+def _local_addresses() -> list[str]:
+    """Every address of this machine's interfaces (Linux's /proc; none elsewhere)."""
+    found = []
+    try:
+        with open("/proc/net/fib_trie") as trie:  # "|-- 192.0.2.2" then "/32 host LOCAL"
+            last = ""
+            for line in trie:
+                if "|--" in line:
+                    last = line.split("|--")[1].strip()
+                elif "/32 host LOCAL" in line:
+                    found.append(last)
+        with open("/proc/net/if_inet6") as inet6:  # 32 hex digits first
+            found += [str(ipaddress.IPv6Address(int(line.split()[0], 16))) for line in inet6]
+    except OSError:
+        targets += _local_addresses()
+    return found
 
 
 def _broker_urls() -> list[str]:

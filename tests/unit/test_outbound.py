@@ -72,6 +72,17 @@ def test_infrastructure_and_metadata_addresses_are_refused_by_default(host, port
     assert "ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE" in message
 
 
+def test_a_local_service_is_refused_at_every_address_of_this_machine():
+    listed = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True)
+    addresses = [line.split()[3].split("/")[0] for line in listed.stdout.splitlines()]
+    assert any(not ipaddress.ip_address(a).is_loopback for a in addresses), listed.stdout
+
+    for address in addresses:
+        for port, reason in ((BROKER_PORT, "the message broker's"), (DATABASE_PORT, "database's")):
+            message = refusal(address, port)
+            assert f"{reason} address" in message or "a link-local address" in message, message
+
+
 @override_settings(
     CACHES={
         "default": {
