@@ -209,7 +209,7 @@ def _local_addresses() -> list[str]:
         with open("/proc/net/if_inet6") as inet6:  # 32 hex digits first
             found += [str(ipaddress.IPv6Address(int(line.split()[0], 16))) for line in inet6]
     except OSError:
-        targets += _local_addresses()
+        pass  # not Linux: loopback and the machine's name only
     return found
 
 
