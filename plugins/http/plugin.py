@@ -20,7 +20,7 @@ from plugins.base import (
     StepContext,
     check_json_paths,
 )
-from plugins.outbound import OutboundRefused, step_outbound_check
+from plugins.outbound import IPAddress, OutboundRefused, step_outbound_check
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -58,7 +58,8 @@ class _Checked:
     context: StepContext
     host: str
     port: int
-    addresses: list
+    #: Grows by a pooled connection's address once it passed this request's check.
+    addresses: list[IPAddress]
 
 
 #: Set by the transport around each request it sends, for the backend and streams beneath it.
@@ -77,7 +78,9 @@ class _CheckedStream(httpcore.NetworkStream):
     """A connection that sends a request's bytes only if its peer passes that request's check:
     a pooled keep-alive connection may be reused by a later request with other credentials."""
 
-    def __init__(self, stream: httpcore.NetworkStream, host: str, port: int, address) -> None:
+    def __init__(
+        self, stream: httpcore.NetworkStream, host: str, port: int, address: IPAddress
+    ) -> None:
         self._stream, self._host, self._port, self._address = stream, host, port, address
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
