@@ -4,7 +4,10 @@ A scenario is user input, and a worker sits inside the network next to orchestra
 services. Every plugin, present or future, calls this module through
 :meth:`plugins.base.StepContext.check_outbound` before it connects, and connects only to the
 addresses the check returns: it never resolves the name again, so a DNS answer that changes
-between the check and the connection (DNS rebinding) cannot redirect it.
+between the check and the connection (DNS rebinding) cannot redirect it. A plugin that keeps
+connections open for later steps checks a reused connection's peer for the new request with
+``step_outbound_check(host, port, credentials_sent=..., addresses=[peer])`` (the http
+plugin's transport shows how).
 
 **Infrastructure, refused by default.** A step may reach anything except these endpoints, as the
 worker's own settings name them (each host name, and every address it resolves to):
@@ -19,7 +22,8 @@ worker's own settings name them (each host name, and every address it resolves t
   hand out credentials.
 
 A service on this machine (a loopback or unspecified host) may listen on every interface, so
-its port is refused on the whole loopback range and on every address of this machine.
+its port is refused on the whole loopback range and on every address of this machine. The
+list is built once per process and setting: names are resolved then.
 
 **Settings** (environment variables of the same name):
 
