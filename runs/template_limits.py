@@ -45,41 +45,59 @@ def measure(value: Any) -> tuple[int, int]:
     """(characters, depth) of ``value``'s text, roughly; raises SecurityError past a bound.
 
     Shared references count every time they are reached, because that is what rendering or
-    storing the value costs: ``[a, a, a]`` is three times ``a``. Containers are walked with an
-    explicit stack, so a deep value is refused instead of overflowing Python's.
+    storing the value costs: ``[a, a, a]`` is three times ``a``. A container reached again is
+    not walked again (its size is remembered for the walk), so ``[a, a]`` built again and again
+    costs one step each time, and nesting is refused past MAX_TEMPLATE_DEPTH before Python's
+    own stack could overflow.
     """
-    chars, items, deepest = 0, 0, 0
-    stack = [iter((value,))]
-    while stack:
-        for item in stack[-1]:
-            kind = type(item)
-            if kind is str or isinstance(item, str | bytes | bytearray):
-                chars += len(item)
-            elif item is None or kind is bool:
-                chars += 4
-            elif kind is int or isinstance(item, int):
-                chars += _int_chars(item)
-            elif kind is float or isinstance(item, float):
-                chars += len(repr(item))
-            else:
-                children = _children(item)
-                if children is None:
-                    chars += 1
-                else:
-                    if len(stack) > MAX_TEMPLATE_DEPTH:
-                        raise SecurityError(f"value nested deeper than {MAX_TEMPLATE_DEPTH} levels")
-                    items += len(children)
-                    if items > MAX_TEMPLATE_ITEMS:
-                        raise SecurityError(f"value has more than {MAX_TEMPLATE_ITEMS} items")
-                    chars += len(children) + 2
-                    stack.append(iter(children))
-                    deepest = max(deepest, len(stack) - 1)
-                    break
-            if chars > MAX_TEMPLATE_OUTPUT:
-                raise SecurityError(f"value larger than {MAX_TEMPLATE_OUTPUT} characters")
+    chars, _, depth = _measure(value, 0, {})
+    if chars > MAX_TEMPLATE_OUTPUT:
+        raise SecurityError(f"value larger than {MAX_TEMPLATE_OUTPUT} characters")
+    return chars, depth
+
+
+def _leaf_chars(item: Any) -> int | None:
+    if isinstance(item, str | bytes | bytearray):
+        return len(item)
+    if item is None or isinstance(item, bool):
+        return 4
+    if isinstance(item, int):
+        return _int_chars(item)
+    if isinstance(item, float):
+        return len(repr(item))
+    return None
+
+
+def _measure(value: Any, level: int, seen: dict[int, tuple]) -> tuple[int, int, int]:
+    """(characters, items, depth) of ``value``."""
+    leaf = _leaf_chars(value)
+    if leaf is not None:
+        return leaf, 0, 0
+    known = seen.get(id(value))
+    if known is not None:
+        return known[1:]
+    children = _children(value)
+    if children is None:
+        return 1, 0, 0
+    if level >= MAX_TEMPLATE_DEPTH:
+        raise SecurityError(f"value nested deeper than {MAX_TEMPLATE_DEPTH} levels")
+    chars, items, depth = len(children) + 2, len(children), 0
+    for child in children:
+        leaf = _leaf_chars(child)
+        if leaf is not None:
+            chars += leaf
         else:
-            stack.pop()
-    return chars, deepest
+            child_chars, child_items, child_depth = _measure(child, level + 1, seen)
+            chars, items = chars + child_chars, items + child_items
+            depth = max(depth, child_depth)
+        if items > MAX_TEMPLATE_ITEMS:
+            raise SecurityError(f"value has more than {MAX_TEMPLATE_ITEMS} items")
+        if chars > MAX_TEMPLATE_OUTPUT:
+            raise SecurityError(f"value larger than {MAX_TEMPLATE_OUTPUT} characters")
+    if items > MAX_TEMPLATE_ITEMS:
+        raise SecurityError(f"value has more than {MAX_TEMPLATE_ITEMS} items")
+    seen[id(value)] = (value, chars, items, depth + 1)  # the value kept alive keeps its id
+    return chars, items, depth + 1
 
 
 def _int_chars(value: int) -> int:
@@ -279,9 +297,11 @@ def replace_size(text: str | bytes, old: Any, new: Any, count: Any = -1) -> int:
 
 def join_size(items: Any, separator_length: int) -> int:
     """An upper bound of joining ``items`` with a separator of ``separator_length``."""
-    if not isinstance(items, list | tuple | str):
+    try:
+        total = separator_length * max(len(items) - 1, 0)
+    except TypeError:  # not sized: Python refuses it, or it was made a list before
         return 0
-    total = separator_length * max(len(items) - 1, 0)
+    refuse_larger(total, "this join")
     for item in items:
         total += text_size(item)
         refuse_larger(total, "this join")
@@ -349,7 +369,7 @@ def _batch(value: Any, linecount: Any, fill_with: Any = None) -> int:
     return _int_or_zero(linecount) * fill
 
 
-def _slice(value: Any, slices: Any, fill_with: Any = None) -> int:
+def _slice(eval_ctx: Any, value: Any, slices: Any, fill_with: Any = None) -> int:
     fill = text_size(fill_with) + 1 if fill_with is not None else 0
     return _int_or_zero(slices) * (fill + 2)
 
