@@ -1,9 +1,11 @@
-"""Removes secrets from anything about to be stored or shown."""
+"""Removes secrets from anything about to be stored, shown or logged."""
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -96,3 +98,60 @@ def texts_of(value: Any) -> set[str]:
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
     return texts
+
+
+# The secrets of the runs this process is executing, each a live set that grows as its run
+# renders templates reading secrets (runs.secrets).
+_logged: list[Collection[str]] = []
+
+
+@contextmanager
+def redacted_in_logs(secrets: Collection[str]) -> Iterator[None]:
+    """Mask ``secrets`` in every log record of this process while the block runs."""
+    _logged.append(secrets)
+    try:
+        yield
+    finally:
+        _logged[:] = [active for active in _logged if active is not secrets]
+
+
+def logged_secrets() -> set[str]:
+    """The configured credentials' values and the secrets of every run executing here."""
+    from django.conf import settings
+
+    secrets = set(settings.ORCHESTRA_CREDENTIALS.values()) if settings.configured else set()
+    for active in list(_logged):
+        secrets.update(list(active))
+    return secrets
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that masks secrets in a record's message, arguments and traceback.
+
+    It sits on handlers, not loggers, because a logger's filters do not see the records its
+    children propagate to it (orchestra/settings.py LOGGING, and Celery's own handlers).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = logged_secrets()
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record: logging reports it, with nothing of ours in it
+            return True
+        record.msg, record.args = redact(message, secrets), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, secrets)
+        return True
+
+
+def redact_handlers(logger: logging.Logger) -> None:
+    """Put a :class:`RedactingFilter` on every handler of ``logger`` that has none."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

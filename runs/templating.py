@@ -386,8 +386,8 @@ _environment.filters = {
 _environment.globals["lipsum"] = _lipsum
 # What a template can raise at render time besides Jinja's own errors: ``{{ 1 / 0 }}``,
 # ``{{ 'a' + 1 }}``, ``{{ 'x' | int(base=99) }}``, a macro calling itself forever, blocks
-# nested deeper than Python compiles, the assertions of Jinja's ``|truncate``... None of them may escape as anything but a
-# TemplateError, or a worker would report a step's typo as a crash.
+# nested deeper than Python compiles, the assertions of Jinja's ``|truncate``... None of them
+# may escape as anything but a TemplateError, or a worker would report a step's typo as a crash.
 _RENDER_ERRORS = (
     JinjaError,
     TypeError,
