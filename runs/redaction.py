@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Collection, Iterator
@@ -79,8 +80,9 @@ def _redact(value: Any, whole: frozenset[str], pattern: re.Pattern[str] | None) 
 
 
 def texts_of(value: Any) -> set[str]:
-    """Every spelling of ``value`` that storage could hold: its strings (keys included) and
-    the text of its numbers; booleans and null say nothing."""
+    """Every spelling of ``value`` that storage could hold: its strings (keys included), as
+    they are and as they appear inside a JSON text, and the text of its numbers; booleans and
+    null say nothing."""
     texts: set[str] = set()
     stack = [value]
     while stack:
@@ -88,6 +90,8 @@ def texts_of(value: Any) -> set[str]:
         if isinstance(item, str):
             if item:
                 texts.add(str(item))
+                texts.add(json.dumps(item)[1:-1])
+                texts.add(json.dumps(item, ensure_ascii=False)[1:-1])
         elif isinstance(item, bytes):
             texts.add(item.decode("utf-8", "replace"))
         elif isinstance(item, int | float) and not isinstance(item, bool):

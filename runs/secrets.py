@@ -2,7 +2,7 @@
 
 Redaction (:func:`runs.redaction.redact`) replaces known strings, so a secret is protected in
 the spellings that are known. A template can spell a credential in many others:
-``{{ credentials.TOKEN | reverse }}``, ``| upper``, ``| b64encode``, ``[1:]``, ``~ 'x'``,
+``{{ credentials.TOKEN | reverse }}``, ``| upper``, ``| list | join``, ``[1:]``, ``~ 'x'``,
 ``| urlencode``, ``| tojson``, ``'%s' | format(...)``. Redaction cannot guess them, so the run
 learns them as they are made, by taint:
 

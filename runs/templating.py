@@ -231,6 +231,12 @@ class _CodeGenerator(CodeGenerator):
         visit(node, frame)
         self.write(")")
 
+    def visit_Getitem(self, node: nodes.Getitem, frame: Any) -> None:
+        if isinstance(node.arg, nodes.Slice):  # compiled to Python's own slicing: a new value
+            self._made(super().visit_Getitem, node, frame)
+        else:
+            super().visit_Getitem(node, frame)
+
     def visit_List(self, node: nodes.List, frame: Any) -> None:
         self._made(super().visit_List, node, frame)
 
@@ -278,12 +284,6 @@ class _Environment(ImmutableSandboxedEnvironment):
         kwargs = {key: _materialized(value) for key, value in kwargs.items()}
         check_method_call(__obj, args, kwargs)
         return _made(__context.call(__obj, *args, **kwargs))
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        value = super().getitem(obj, argument)
-        if isinstance(argument, slice):  # a new value: ``credentials.token[::-1]``
-            _record(value)
-        return value
 
     def concat_values(self, eval_ctx: Any, values: tuple) -> str:
         """``a ~ b ~ ...``, refused before joining if the text would be too large."""
