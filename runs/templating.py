@@ -599,20 +599,28 @@ def credential_names(value: Any, known: Collection[str]) -> frozenset[str]:
     """
     names: set[str] = set()
     for text in _template_texts(value):
-        template = _parsed(text)
-        uses = [n for n in template.find_all(nodes.Name) if n.name == "credentials"]
-        direct = []
-        for node in template.find_all((nodes.Getattr, nodes.Getitem)):
-            if not (isinstance(node.node, nodes.Name) and node.node.name == "credentials"):
-                continue
-            if isinstance(node, nodes.Getattr):
-                direct.append(node.attr)
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                direct.append(node.arg.value)
-        if len(direct) < len(uses) or not set(direct) <= set(known):
+        direct = _credential_reads(text)
+        if direct is None or not direct <= set(known):
             return frozenset(known)
-        names.update(direct)
+        names |= direct
     return frozenset(names)
+
+
+@lru_cache(maxsize=1024)
+def _credential_reads(text: str) -> frozenset[str] | None:
+    """The names ``text`` reads as ``credentials.NAME`` or ``credentials['NAME']``; None if
+    it uses ``credentials`` in any other way."""
+    template = _parsed(text)
+    uses = sum(1 for node in template.find_all(nodes.Name) if node.name == "credentials")
+    direct = []
+    for node in template.find_all((nodes.Getattr, nodes.Getitem)):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "credentials"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            direct.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            direct.append(node.arg.value)
+    return frozenset(direct) if len(direct) == uses else None
 
 
 def is_templated(value: Any) -> bool:
