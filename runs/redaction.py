@@ -125,7 +125,12 @@ def logged_secrets() -> set[str]:
 
     secrets = set(settings.ORCHESTRA_CREDENTIALS.values()) if settings.configured else set()
     for active in list(_logged):
-        secrets.update(list(active))
+        while True:
+            try:
+                secrets.update(list(active))
+                break
+            except RuntimeError:  # another thread's run learnt a secret meanwhile: copy again
+                continue
     return secrets
 
 

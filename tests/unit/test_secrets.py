@@ -4,6 +4,7 @@ knows which credentials it sends."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -262,3 +263,19 @@ def test_log_records_lose_credentials_and_a_running_runs_secrets(caplog, credent
     assert caplog.text.count("derived-Value-1") == 1  # once the run is over it is not its secret
     assert "[REDACTED]" in caplog.text
     assert "ValueError" in caplog.text
+
+
+def test_celery_log_handlers_get_the_redacting_filter_once(credentials):
+    from orchestra.celery import redact_celery_logs
+
+    stream = io.StringIO()
+    logger = logging.getLogger("orchestra.test.celery")
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler(stream))
+
+    redact_celery_logs(logger=logger)
+    redact_celery_logs(logger=logger)
+    logger.error("token %s", TOKEN)
+
+    assert sum(isinstance(f, RedactingFilter) for f in logger.handlers[0].filters) == 1
+    assert stream.getvalue() == "token [REDACTED]\n"

@@ -236,3 +236,59 @@ def test_any_template_of_the_hostile_grammar_renders_within_bounds_or_is_refused
         assert result.bit_length() <= 4096
     elif isinstance(result, list):
         assert len(str(result)) <= 10 * MAX_TEMPLATE_OUTPUT
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ 'x'.ljust(5) }}|", "x    |"),
+        ("{{ 'ab'.center(6, '-') }}", "--ab--"),
+        ("{{ '7'.zfill(3) }}", "007"),
+        ("{{ 'a\tb'.expandtabs(4) }}", "a   b"),
+        ("{{ 'a-b'.replace('-', '+') }}", "a+b"),
+        ("{{ '%-4s|%05.1f|%x' % ('a', 2.25, 255) }}", "a   |002.2|ff"),
+        ("{{ '%(n)s=%(n)s' % {'n': 1} }}", "1=1"),
+        ("{{ '%*d' % (4, 7) }}", "   7"),
+        ("{{ '{:>4}|{:.2f}|{:,}|{!r}'.format('a', 1.5, 10**6, 'q') }}", "   a|1.50|1,000,000|'q'"),
+        ("{{ '{a}{a}'.format_map({'a': 'x'}) }}", "xx"),
+        ("{{ 'a\nb' | indent(2, first=True) }}", "  a\n  b"),
+        ("{{ [1, 2, 3] | join(', ') }}", "1, 2, 3"),
+        ("{{ 'a b c' | wordwrap(3) }}", "a b\nc"),
+        ("{{ [1, 2, 3] | batch(2, 0) | list }}", [[1, 2], [3, 0]]),
+        ("{{ [1, 2, 3] | slice(2) | list }}", [[1, 2], [3]]),
+        ("{{ [[1], [2]] | sum(start=[]) }}", [1, 2]),
+        ("{{ range(5) | sum }}", 10),
+        ("{{ {'a': [1]} | tojson }}", '{"a": [1]}'),
+        ("{{ '%s-%s' | format('a', 1) }}", "a-1"),
+        ("{{ 'x' * 3 ~ 'y' }}", "xxxy"),
+        ("{{ 2 ** 4000 > 0 }}", True),
+        ("{{ (2 ** 2000) * (2 ** 2000) > 0 }}", True),
+        ("{{ range(100000) | list | length }}", 100000),
+        ("{{ ('x' * 1000000) | length }}", 1000000),
+        ("{{ [1, [2, [3]]] }}", [1, [2, [3]]]),
+        ("{{ 'abc'[::-1] }}", "cba"),
+        (
+            "{% set ns = namespace(s='') %}{% for i in range(10) %}{% set ns.s = ns.s ~ i %}"
+            "{% endfor %}{{ ns.s }}",
+            "0123456789",
+        ),
+        (
+            "{% macro f(n) %}{% if n %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(3) }}",
+            "321",
+        ),
+    ],
+)
+def test_ordinary_templates_render_as_before(template, expected):
+    assert render(template, CONTEXT) == expected
+
+
+def test_the_time_budget_is_a_setting(settings):
+    settings.ORCHESTRA_TEMPLATE_TIME_LIMIT = 0.2
+    started = time.monotonic()
+
+    with pytest.raises(TemplateError, match=r"takes longer than 0.2 s to render"):
+        render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", {}
+        )
+
+    assert time.monotonic() - started < 1.0
