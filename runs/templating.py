@@ -78,6 +78,8 @@ __all__ = [
     "render",
 ]
 
+#: Longest template text: compiling is not interruptible, and costs about 20 µs a character.
+MAX_TEMPLATE_SOURCE = 20_000
 #: Text a render may emit in all, counting what macros and blocks emit into their buffers.
 MAX_TEMPLATE_EMITTED = 4 * MAX_TEMPLATE_OUTPUT
 #: Values a render of templates reading a secret may compute, all of which must be redacted.
@@ -415,6 +417,14 @@ def _has_template(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
+def _check_source(text: str) -> None:
+    if len(text) > MAX_TEMPLATE_SOURCE:
+        raise TemplateError(
+            f"{text[:60]!r}...: a template of {len(text)} characters is longer than "
+            f"{MAX_TEMPLATE_SOURCE}; split it into several values or variables"
+        )
+
+
 def render(
     value: Any,
     context: dict[str, Any],
@@ -496,6 +506,7 @@ def _render_text(
 ) -> Any:
     if not _has_template(text):
         return text
+    _check_source(text)
     state = _active.get()
     try:
         if secrets is not None and secret_names & _names(text):
@@ -554,6 +565,7 @@ def _json_copy(value: Any, text: str) -> Any:
 
 @lru_cache(maxsize=1024)
 def _parsed(text: str) -> nodes.Template:
+    _check_source(text)
     try:
         return _environment.parse(text)
     except TemplateSyntaxError as exc:

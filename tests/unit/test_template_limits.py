@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runs.templating import MAX_TEMPLATE_OUTPUT, TemplateError, render
+from runs.templating import MAX_TEMPLATE_OUTPUT, TemplateError, referenced_names, render
 
 CONTEXT = {"payload": {"name": "Ada", "n": 10**9}, "items": [1, 2, 3], "s": "x"}
 # A refusal takes at most this long and this much memory (the time budget is 1 s).
@@ -292,3 +292,13 @@ def test_the_time_budget_is_a_setting(settings):
         )
 
     assert time.monotonic() - started < 1.0
+
+
+def test_a_template_too_long_to_compile_quickly_is_refused_when_saved_and_when_rendered():
+    template = "{{ a }}" * 3000
+
+    with pytest.raises(TemplateError, match="longer than 20000"):
+        referenced_names(template)
+    with pytest.raises(TemplateError, match="longer than 20000"):
+        render(template, {"a": 1})
+    assert render("{{ a }}" * 2800, {"a": 1}) == "1" * 2800
