@@ -50,7 +50,10 @@ def measure(value: Any) -> tuple[int, int]:
     costs one step each time, and nesting is refused past MAX_TEMPLATE_DEPTH before Python's
     own stack could overflow.
     """
-    chars, _, depth = _measure(value, 0, {})
+    if type(value) is str:  # the common case, without the walk
+        chars, depth = len(value), 0
+    else:
+        chars, _, depth = _measure(value, 0, {})
     if chars > MAX_TEMPLATE_OUTPUT:
         raise SecurityError(f"value larger than {MAX_TEMPLATE_OUTPUT} characters")
     return chars, depth

@@ -127,9 +127,13 @@ def _emit(size: int) -> None:
         raise SecurityError(f"renders more than {MAX_TEMPLATE_EMITTED} characters in all")
 
 
+# Types that are never iterators, checked first because the ABC check is slow.
+_NOT_ITERATORS = frozenset({str, int, float, bool, type(None), list, dict, tuple, Markup})
+
+
 def _made(value: Any) -> Any:
     """``value``, a value a template just made, once it is known to be within the bounds."""
-    if isinstance(value, Iterator):
+    if type(value) not in _NOT_ITERATORS and isinstance(value, Iterator):
         return _ticking(value)
     measure(value)
     _record(value)
@@ -149,7 +153,7 @@ def _materialized(value: Any) -> Any:
 
     Python's own consumers (``dict()``, ``str.join``, ``sorted``) would collect it unchecked.
     """
-    if not isinstance(value, Iterator):
+    if type(value) in _NOT_ITERATORS or not isinstance(value, Iterator):
         return value
     items, size = [], 0
     for item in value:
@@ -287,6 +291,14 @@ class _Environment(ImmutableSandboxedEnvironment):
         check_method_call(__obj, args, kwargs)
         return _made(__context.call(__obj, *args, **kwargs))
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()  # also per item where a filter reads an attribute: |sort, |groupby, |map
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
     def concat_values(self, eval_ctx: Any, values: tuple) -> str:
         """``a ~ b ~ ...``, refused before joining if the text would be too large."""
         _tick()
@@ -324,8 +336,9 @@ def _bounded_filter(name: str, function: Any) -> Any:
     @wraps(function)  # keeps Jinja's pass_context / pass_environment marks
     def bounded(*args: Any, **kwargs: Any) -> Any:
         _tick()
-        args = tuple(_materialized(arg) for arg in args)
-        kwargs = {key: _materialized(value) for key, value in kwargs.items()}
+        args = tuple([_materialized(arg) for arg in args])
+        if kwargs:
+            kwargs = {key: _materialized(value) for key, value in kwargs.items()}
         if estimate is not None:
             check_estimate(estimate, f"|{name}", args, kwargs)
         return _made(function(*args, **kwargs))

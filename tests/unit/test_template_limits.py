@@ -58,6 +58,7 @@ HOSTILE = [
     "{{ range(100000) | map('center', 100000) | list }}",
     "{{ dict(range(100000) | map('string') | map('center', 1000) | batch(2)) }}",
     "{{ lipsum(10**6) }}",
+    "{{ range(100000) | list | groupby('real') | list | length }}",
     # repetition and growth through variables, namespaces and literals
     "{{ 'x' * 10 ** 9 }}",
     "{{ [0] * 10 ** 9 }}",
