@@ -50,6 +50,15 @@ class DeclareDeadLetterQueue(bootsteps.StartStopStep):
 app.steps["consumer"].add(DeclareDeadLetterQueue)
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def redact_celery_logs(logger, **kwargs) -> None:
+    """Celery's own handlers mask secrets too (settings.LOGGING's handlers already do)."""
+    from runs.redaction import redact_handlers
+
+    redact_handlers(logger)
+
+
 @signals.worker_init.connect
 def keep_database_connections(**kwargs) -> None:
     """Keep database connections across tasks, closing only broken or expired ones.

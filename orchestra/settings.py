@@ -160,7 +160,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Credentials and everything a run renders from them are masked in every record.
+    "filters": {"redact": {"()": "runs.redaction.RedactingFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
 
@@ -187,6 +191,8 @@ ORCHESTRA_MAX_STEPS = env_int("ORCHESTRA_MAX_STEPS", 200)
 ORCHESTRA_QUEUE_MAX_ATTEMPTS = env_int("ORCHESTRA_QUEUE_MAX_ATTEMPTS", 5)
 ORCHESTRA_QUEUE_RETRY_BASE_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_BASE_SECONDS", 5.0)
 ORCHESTRA_QUEUE_RETRY_MAX_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_MAX_SECONDS", 600.0)
+# A render of templates gets ORCHESTRA_TEMPLATE_TIME_LIMIT seconds (runs/templating.py).
+ORCHESTRA_TEMPLATE_TIME_LIMIT = env_float("ORCHESTRA_TEMPLATE_TIME_LIMIT", 1.0)
 # Credentials steps read as {{ credentials.NAME }}, from ORCHESTRA_CREDENTIAL_<NAME> variables of
 # the worker's environment: never stored with a scenario or run, always redacted from results.
 # ORCHESTRA_CREDENTIAL_<NAME>_HOSTS (comma-separated outbound entries) binds NAME to the only

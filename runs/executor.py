@@ -30,10 +30,11 @@ from plugins.registry import UnknownPlugin, get_plugin
 from runs.leases import lease_keeper, owner_is_gone
 from runs.models import StepStatus, TestRun
 from runs.policies import DEFAULT_RETRY_INTERVAL, run_status_from_steps, step_retry_delay
-from runs.redaction import redact
+from runs.redaction import redact, redacted_in_logs
+from runs.secrets import RunSecrets
 from runs.signals import run_finished
 from runs.states import STEP_COLUMNS, RunStatus, claim_run, finish_run, store_step
-from runs.templating import TemplateError, render
+from runs.templating import TemplateError
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def run_execute(*, run_id: int, worker: str) -> Outcome:
 
     with lease_keeper.hold(run_id, worker, claim.attempt):
         executor = _RunExecution(run_id, claim.attempt, claim.definition, claim.context)
-        status, error, last_record = executor.execute()
+        with redacted_in_logs(executor.secrets.values):
+            status, error, last_record = executor.execute()
     finished = _finish(
         run_id, worker, claim.attempt, status, error, claim.context, last_record=last_record
     )
@@ -156,7 +158,7 @@ class _RunExecution:
             "run": {"id": run_id, "attempt": attempt},
             "credentials": settings.ORCHESTRA_CREDENTIALS,
         }
-        self.secrets: set[str] = set(settings.ORCHESTRA_CREDENTIALS.values())
+        self.secrets = RunSecrets(settings.ORCHESTRA_CREDENTIALS, definition.get("secrets", []))
         self.statuses: list[str] = []
         self.failures: list[StepRecord] = []
         self.pending: StepRecord | None = None
@@ -166,7 +168,7 @@ class _RunExecution:
         try:
             self._render_variables()
         except TemplateError as exc:
-            return RunStatus.ERROR, f"variables: {exc}", None
+            return RunStatus.ERROR, redact(f"variables: {exc}", self.secrets.values), None
 
         steps = self.definition["steps"]
         cleanup = self.definition.get("finally", [])
@@ -209,12 +211,8 @@ class _RunExecution:
     def _render_variables(self) -> None:
         variables = {}
         for name, value in self.definition.get("variables", {}).items():
-            variables[name] = render(value, {**self.scope, **variables})
+            variables[name] = self.secrets.variable(name, value, {**self.scope, **variables})
         self.scope.update(variables)
-        for name in self.definition.get("secrets", []):
-            value = variables.get(name)
-            if isinstance(value, str | int | float) and str(value):
-                self.secrets.add(str(value))
 
     def _skipped(self, position: int, step: dict, is_cleanup: bool, reason: str) -> StepRecord:
         return StepRecord(
@@ -249,9 +247,10 @@ class _RunExecution:
         record.finished_at = timezone.now()
         record.duration_ms = round((time.monotonic() - started) * 1000, 2)
         if record.status == StepStatus.PASSED:
+            self.secrets.captured(record.captures)
             self.scope.update(record.captures)
         stored = ("request", "response", "captures", "assertions", "tries", "error")
-        redacted = redact([getattr(record, name) for name in stored], self.secrets)
+        redacted = redact([getattr(record, name) for name in stored], self.secrets.values)
         for name, value in zip(stored, redacted, strict=True):
             setattr(record, name, value)
         return record
@@ -262,13 +261,15 @@ class _RunExecution:
         try:
             plugin = get_plugin(step["plugin"])
             stored_params, stored_expect = step.get("with", {}), step.get("expect", {})
-            params = render(stored_params, self.scope)
-            expect = render(stored_expect, self.scope)
+            params, sent = self.secrets.render(stored_params, self.scope)
+            expect, _ = self.secrets.render(stored_expect, self.scope)
             problems = _block_problems(plugin, "with", params, stored_params)
             problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
                 raise PluginError("; ".join(problems))
-            context = StepContext(run_id=self.run_id, step_name=step["name"], timeout=timeout)
+            context = StepContext(
+                run_id=self.run_id, step_name=step["name"], timeout=timeout, credentials_sent=sent
+            )
             result = plugin.execute(params, context)
             record.request, record.response = result.request, result.response
             assertions = plugin.check(expect, result)

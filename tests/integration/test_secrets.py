@@ -127,3 +127,80 @@ def test_a_step_aimed_at_the_message_broker_is_refused_with_a_clear_error(live_d
     assert "connection to 127.0.0.1:5672 refused: it is the message broker's address" in step.error
     assert "ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE=false" in step.error
     assert [attempt["try"] for attempt in step.tries] == [1]  # not retried: it cannot succeed
+
+
+# Spellings of a credential a template can make; the target echoes each one back.
+SPELLINGS = {
+    "reversed": "{{ credentials.API_TOKEN | reverse }}",
+    "upper": "{{ credentials.API_TOKEN | upper }}",
+    "sliced": "{{ credentials.API_TOKEN[3:] }}",
+    "joined": "{{ credentials.API_TOKEN | list | join('.') }}",
+    "concatenated": "{{ 'k=' ~ credentials.API_TOKEN ~ ';' }}",
+    "replaced": "{{ credentials.API_TOKEN | replace('-', '_') }}",
+    "formatted": "{{ '<%s>' | format(credentials.API_TOKEN | title) }}",
+    "through a variable": "{{ signed | urlencode }}",
+}
+
+
+def spellings_of(token: str) -> list[str]:
+    return [
+        token,
+        token[::-1],
+        token.upper(),
+        token[3:],
+        ".".join(token),
+        token.replace("-", "_"),
+        token.title(),
+        token.swapcase(),
+    ]
+
+
+def test_a_credential_transformed_by_filters_leaves_no_trace_in_database_api_or_worker_log(
+    live_db, worker_factory, api_client, target_url
+):
+    token = f"canary-{uuid.uuid4().hex}"
+    worker = worker_factory("spellings", env={"ORCHESTRA_CREDENTIAL_API_TOKEN": token})
+    scenario = make_scenario(
+        [
+            {
+                "name": "send spellings",
+                "plugin": "http",
+                "with": {
+                    "method": "POST",
+                    # httpx logs every request's URL at INFO: the worker's log sees it too
+                    "url": f"{target_url}/echo?sig={{{{ credentials.API_TOKEN | reverse }}}}",
+                    "headers": {"X-Sig": "{{ credentials.API_TOKEN | upper }}"},
+                    "json": SPELLINGS,
+                },
+                "capture": {"echoed": "$.body"},
+            },
+            {
+                "name": "use the echo",
+                "plugin": "http",
+                "with": {
+                    "method": "POST",
+                    "url": f"{target_url}/echo",
+                    "json": {"again": "{{ (echoed | string).swapcase() }}"},
+                },
+                # fails, quoting what it got and what it expected
+                "expect": {"json": {"$.body": "{{ echoed | string | reverse }}"}},
+            },
+        ],
+        variables={"signed": "{{ credentials.API_TOKEN }}:{{ run.id }}"},
+    )
+
+    response = api_client.post("/api/runs/", {"scenario": scenario.name}, format="json")
+    assert response.status_code == 201, response.content
+    run = finished(response.json()["id"])
+
+    assert run.status == "FAILED", run.error
+    worker_log = worker.log.read_text()
+    assert "HTTP Request: POST [REDACTED]" in worker_log  # the URL as it was logged, masked
+    outputs = {"database": every_row_as_text(), "worker log": worker_log}
+    for path in ("", "junit/", "report/"):
+        outputs[f"GET /api/runs/{run.id}/{path}"] = api_client.get(
+            f"/api/runs/{run.id}/{path}"
+        ).content.decode()
+    for where, text in outputs.items():
+        for spelling in spellings_of(token):
+            assert spelling not in text, f"{spelling!r} leaked into the {where}"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
-from runs.redaction import REDACTED, is_sensitive_key, redact
+from runs.redaction import REDACTED, is_sensitive_key, redact, texts_of
 
 
 @pytest.mark.parametrize(
@@ -142,3 +143,31 @@ def test_redact_returns_a_copy_and_leaves_its_input_alone():
 @pytest.mark.parametrize("value", [None, 0, 1.5, True, "", [], {}])
 def test_scalars_and_empty_containers_pass_through(value):
     assert redact(value, {"hunter2"}) == value
+
+
+def test_a_marker_already_written_is_never_masked_again():
+    # "RED" is inside "[REDACTED]"; a second pass would garble the first one's marker
+    assert redact("key=hunter2 RED", {"hunter2", "RED", "ACTED"}) == f"key={REDACTED} RED"
+
+
+def test_a_short_secret_is_masked_only_where_a_whole_value_equals_it():
+    record = {"a": "e", "b": "every letter e", "c": 42, "d": "4242"}
+
+    assert redact(record, {"e", "42"}) == {
+        "a": REDACTED,
+        "b": "every letter e",
+        "c": REDACTED,
+        "d": "4242",
+    }
+
+
+def test_texts_of_a_value_are_its_strings_keys_numbers_and_their_json_spellings():
+    assert texts_of({"k": ['a"b', 7, 0.5, True, None, ""]}) == {"k", 'a"b', 'a\\"b', "7", "0.5"}
+
+
+def test_a_secret_with_quotes_is_masked_inside_a_json_text_too():
+    secret = 'pa"ss\\word'
+    body = json.dumps({"password2": secret})
+
+    assert secret not in str(redact(body, texts_of(secret)))
+    assert json.dumps(secret)[1:-1] not in str(redact(body, texts_of(secret)))
