@@ -16,6 +16,7 @@ STATUS_COLOURS = {
     RecordStatus.ERROR: "#dc3545",
     RecordStatus.CANCELLED: "#adb5bd",
 }
+STOPPING_COLOUR = "#fd7e14"  # running, cancel requested
 
 
 @admin.register(QueueRecord)
@@ -48,6 +49,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
                     "start_count",
                     "errors_display",
                     "next_attempt_at",
+                    "cancel_requested_at",
                     "runs_display",
                 ]
             },
@@ -62,6 +64,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
         "start_count",
         "errors_display",
         "next_attempt_at",
+        "cancel_requested_at",
         "runs_display",
         "created_at",
     ]
@@ -82,9 +85,8 @@ class QueueRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, record: QueueRecord):
-        return format_html(
-            '<b style="color:{}">{}</b>', STATUS_COLOURS[record.status], record.get_status_display()
-        )
+        colour = STOPPING_COLOUR if record.is_stopping else STATUS_COLOURS[record.status]
+        return format_html('<b style="color:{}">{}</b>', colour, record.status_text)
 
     @admin.display(description=_("errors"))
     def errors_display(self, record: QueueRecord):
@@ -130,5 +132,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
                 changed += 1
             except services.RecordConflict as exc:
                 self.message_user(request, str(exc), messages.WARNING)
+            except QueueRecord.DoesNotExist:
+                self.message_user(request, f"record {record_id} no longer exists", messages.WARNING)
         if changed:
             self.message_user(request, f"{changed} {done_text}", messages.SUCCESS)
