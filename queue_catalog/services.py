@@ -208,20 +208,29 @@ def _request_cancel_locked(record: QueueRecord) -> None:
         record.refresh_from_db()
     try:
         run_cancel(run_id=record.current_run_id)
-    except (RunConflict, TestRun.DoesNotExist):
-        # The run already ended and its news is on its way (or was lost): settle it now, the
-        # news then finds the record settled.
-        run = TestRun.objects.filter(id=record.current_run_id).first()
-        if run is None or run.status == RunStatus.PASSED:
-            transition_record(
-                record.id,
-                to=RecordStatus.DONE,
-                where_current_run_id=record.current_run_id,
-                finished_at=Now(),
-            )
+        return  # the run stops; its news settles the record
+    except TestRun.DoesNotExist:
+        run_status, error = RunStatus.CANCELLED, "cancelled"  # nothing is left to stop
+    except RunConflict:
+        run = TestRun.objects.filter(id=record.current_run_id).values("status", "error").first()
+        if run is None:
+            run_status, error = RunStatus.CANCELLED, "cancelled"
+        elif run["status"] in RUN_TERMINAL_STATUSES:
+            # It ended just now and its news is on its way (or was lost): settle it here; the
+            # news then finds the record settled.
+            run_status, error = run["status"], run["error"] or run["status"]
         else:
-            _settle_failed_locked(record, run.status, run.error or run.status)
-        _dispatch_locked(record.scenario_id)
+            return  # its stop is already under way
+    if run_status == RunStatus.PASSED:
+        transition_record(
+            record.id,
+            to=RecordStatus.DONE,
+            where_current_run_id=record.current_run_id,
+            finished_at=Now(),
+        )
+    else:
+        _settle_failed_locked(record, run_status, error)
+    _dispatch_locked(record.scenario_id)
 
 
 def queue_record_retry(*, record_id: int) -> QueueRecord:
