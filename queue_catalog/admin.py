@@ -109,7 +109,16 @@ class QueueRecordAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Cancel selected records"), permissions=["operate"])
     def cancel_records(self, request, queryset):
-        self._apply(request, queryset, services.queue_record_cancel, _("cancelled"))
+        records = self._apply(request, queryset, services.queue_record_cancel, None)
+        stopping = sum(record.is_stopping for record in records)
+        if len(records) - stopping:
+            self.message_user(request, f"{len(records) - stopping} {_('cancelled')}")
+        if stopping:
+            self.message_user(
+                request,
+                f"{stopping} {_('running: cancel requested, the lane waits for the run to stop')}",
+                messages.WARNING,
+            )
 
     @admin.action(description=_("Retry selected records (ERROR only)"), permissions=["operate"])
     def retry_records(self, request, queryset):
@@ -124,15 +133,16 @@ class QueueRecordAdmin(admin.ModelAdmin):
         queryset = queryset.order_by("-lane_position")
         self._apply(request, queryset, services.queue_record_move_to_front, _("moved to the front"))
 
-    def _apply(self, request, queryset, service, done_text):
-        changed = 0
+    def _apply(self, request, queryset, service, done_text) -> list[QueueRecord]:
+        """Apply ``service`` to each selected record; a conflict is a message, never an error."""
+        changed = []
         for record_id in queryset.values_list("id", flat=True):
             try:
-                service(record_id=record_id)
-                changed += 1
+                changed.append(service(record_id=record_id))
             except services.RecordConflict as exc:
                 self.message_user(request, str(exc), messages.WARNING)
             except QueueRecord.DoesNotExist:
                 self.message_user(request, f"record {record_id} no longer exists", messages.WARNING)
-        if changed:
-            self.message_user(request, f"{changed} {done_text}", messages.SUCCESS)
+        if changed and done_text:
+            self.message_user(request, f"{len(changed)} {done_text}", messages.SUCCESS)
+        return changed

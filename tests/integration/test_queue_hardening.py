@@ -187,6 +187,23 @@ def test_the_admin_shows_a_record_whose_cancel_was_requested(admin_client, db):
     assert detail.status_code == 200 and "Cancel requested" in detail.content.decode()
 
 
+def test_the_admin_cancel_action_says_a_running_record_was_only_asked_to_stop(db):
+    running, waiting, _ = lane_of_two()
+
+    response = operator_admin().post(
+        reverse("admin:queue_catalog_queuerecord_changelist"),
+        {"action": "cancel_records", "_selected_action": [running.id, waiting.id]},
+        follow=True,
+    )
+
+    shown = [str(message) for message in response.context["messages"]]
+    assert "1 cancelled" in shown, shown
+    assert any(m.startswith("1 running: cancel requested") for m in shown), shown
+    running.refresh_from_db()
+    waiting.refresh_from_db()
+    assert running.is_stopping and waiting.status == "CANCELLED"
+
+
 # --- move to the front ----------------------------------------------------------------------------
 
 
