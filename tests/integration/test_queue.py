@@ -148,13 +148,11 @@ def test_a_cancelled_waiting_record_never_starts_and_a_running_one_frees_its_lan
     assert settled(running).status == "CANCELLED"
     run = TestRun.objects.get(id=running.current_run_id)
     assert run.status == "CANCELLED"
-    assert not run.steps.filter(name="after").exists()
-    last.refresh_from_db()
-    assert last.status in ("RUNNING", "DONE")
+    assert not run.steps.filter(name="after").exclude(status="SKIPPED").exists()
+    assert settled(last).status == "DONE"
     assert TestRun.objects.get(id=last.current_run_id).started_at >= run.finished_at
     waiting.refresh_from_db()
     assert waiting.start_count == 0 and waiting.current_run_id is None
-    settled(last)
 
 
 def test_lanes_never_overlap_and_finish_in_order_while_different_lanes_run_in_parallel(
