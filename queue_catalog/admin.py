@@ -16,6 +16,7 @@ STATUS_COLOURS = {
     RecordStatus.ERROR: "#dc3545",
     RecordStatus.CANCELLED: "#adb5bd",
 }
+STOPPING_COLOUR = "#fd7e14"  # running, cancel requested
 
 
 @admin.register(QueueRecord)
@@ -48,6 +49,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
                     "start_count",
                     "errors_display",
                     "next_attempt_at",
+                    "cancel_requested_at",
                     "runs_display",
                 ]
             },
@@ -62,6 +64,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
         "start_count",
         "errors_display",
         "next_attempt_at",
+        "cancel_requested_at",
         "runs_display",
         "created_at",
     ]
@@ -82,9 +85,8 @@ class QueueRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, record: QueueRecord):
-        return format_html(
-            '<b style="color:{}">{}</b>', STATUS_COLOURS[record.status], record.get_status_display()
-        )
+        colour = STOPPING_COLOUR if record.is_stopping else STATUS_COLOURS[record.status]
+        return format_html('<b style="color:{}">{}</b>', colour, record.status_text)
 
     @admin.display(description=_("errors"))
     def errors_display(self, record: QueueRecord):
@@ -107,7 +109,16 @@ class QueueRecordAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Cancel selected records"), permissions=["operate"])
     def cancel_records(self, request, queryset):
-        self._apply(request, queryset, services.queue_record_cancel, _("cancelled"))
+        records = self._apply(request, queryset, services.queue_record_cancel, None)
+        stopping = sum(record.is_stopping for record in records)
+        if len(records) - stopping:
+            self.message_user(request, f"{len(records) - stopping} {_('cancelled')}")
+        if stopping:
+            self.message_user(
+                request,
+                f"{stopping} {_('running: cancel requested, the lane waits for the run to stop')}",
+                messages.WARNING,
+            )
 
     @admin.action(description=_("Retry selected records (ERROR only)"), permissions=["operate"])
     def retry_records(self, request, queryset):
@@ -122,13 +133,16 @@ class QueueRecordAdmin(admin.ModelAdmin):
         queryset = queryset.order_by("-lane_position")
         self._apply(request, queryset, services.queue_record_move_to_front, _("moved to the front"))
 
-    def _apply(self, request, queryset, service, done_text):
-        changed = 0
+    def _apply(self, request, queryset, service, done_text) -> list[QueueRecord]:
+        """Apply ``service`` to each selected record; a conflict is a message, never an error."""
+        changed = []
         for record_id in queryset.values_list("id", flat=True):
             try:
-                service(record_id=record_id)
-                changed += 1
+                changed.append(service(record_id=record_id))
             except services.RecordConflict as exc:
                 self.message_user(request, str(exc), messages.WARNING)
-        if changed:
-            self.message_user(request, f"{changed} {done_text}", messages.SUCCESS)
+            except QueueRecord.DoesNotExist:
+                self.message_user(request, f"record {record_id} no longer exists", messages.WARNING)
+        if changed and done_text:
+            self.message_user(request, f"{len(changed)} {done_text}", messages.SUCCESS)
+        return changed

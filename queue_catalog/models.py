@@ -64,6 +64,9 @@ class QueueRecord(models.Model):
     )
     max_attempts = models.PositiveIntegerField(_("max attempts"), default=default_max_attempts)
     next_attempt_at = models.DateTimeField(_("next attempt"), null=True, blank=True)
+    # Set on a RUNNING record whose run was asked to stop: it keeps its lane until that run
+    # has really ended (see queue_catalog.services.queue_record_cancel).
+    cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
     # Служебная информация
     created_at = models.DateTimeField(_("created"), auto_now_add=True, editable=False)
     # Order within the lane: creation order; a retried record rejoins at the tail.
@@ -97,7 +100,19 @@ class QueueRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.scenario} ({self.status})"
+        return f"#{self.pk} {self.scenario} ({self.status_text})"
+
+    @property
+    def is_stopping(self) -> bool:
+        """Running, but asked to stop: its run has not ended yet."""
+        return self.status == RecordStatus.RUNNING and self.cancel_requested_at is not None
+
+    @property
+    def status_text(self) -> str:
+        """The status as people read it, "cancel requested" included."""
+        if self.is_stopping:
+            return str(_("Running, cancel requested"))
+        return str(self.get_status_display())
 
     @property
     def errors_text(self) -> str:

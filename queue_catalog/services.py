@@ -11,7 +11,7 @@ A deactivated scenario's lane keeps its records and waits until it is activated 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -26,10 +26,12 @@ from queue_catalog.policies import rerun_delay, should_rerun
 from queue_catalog.states import (
     ACTIVE_STATUSES,
     RecordStatus,
+    active_sql,
     lock_lane,
     lock_lane_of_record,
     record_done_locking_lane,
     start_lane_head,
+    startable_sql,
     transition_record,
 )
 from runs.models import Priority, Scenario, TestRun
@@ -107,10 +109,12 @@ def _dispatch_locked(scenario_id: int) -> int | None:
 
 
 def queue_on_run_finished(*, run_id: int, status: str, context: dict[str, Any]) -> None:
-    """Advance the record whose run finished: DONE, re-run later, or ERROR; then its lane.
+    """Advance the record whose run finished: DONE, re-run later, ERROR or CANCELLED; then
+    start the next record of its lane.
 
     Only news about the record's current start counts: not a late duplicate, not news about an
-    earlier start, not a record cancelled meanwhile.
+    earlier start. A record whose cancel was requested is never run again: it ends CANCELLED
+    (DONE if its run passed before it could stop), and only now does its lane move on.
     """
     record_id = context.get("queueRecordId")
     if record_id is None:
@@ -145,45 +149,88 @@ def _run_error(run_id: int, status: str) -> str:
 
 def _settle_failed_locked(record: QueueRecord, run_status: str, error: str) -> None:
     """A RUNNING record whose run did not pass: CANCELLED, re-run after backoff, or ERROR."""
-    if run_status == RunStatus.CANCELLED:
-        transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now())
-        return
     errors = [
         *record.errors,
         {"attempt": record.start_count, "at": timezone.now().isoformat(), "message": error},
     ]
-    if should_rerun(start_count=record.start_count, max_attempts=record.max_attempts):
+    if run_status == RunStatus.CANCELLED:
+        transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now())
+    elif record.cancel_requested_at is not None:
+        # The run failed before the stop reached it: its error is history, but no re-run.
+        transition_record(record.id, to=RecordStatus.CANCELLED, errors=errors, finished_at=Now())
+    elif should_rerun(start_count=record.start_count, max_attempts=record.max_attempts):
         delay = rerun_delay(
             start_count=record.start_count,
             base_seconds=settings.ORCHESTRA_QUEUE_RETRY_BASE_SECONDS,
             max_seconds=settings.ORCHESTRA_QUEUE_RETRY_MAX_SECONDS,
         )
+        # On the database's clock, like every comparison of it (``start_lane_head``, the sweep):
+        # a worker whose clock is off must not shorten or stretch the backoff.
         transition_record(
             record.id,
             to=RecordStatus.SCHEDULED,
             sources={RecordStatus.RUNNING},
             errors=errors,
             finished_at=Now(),
-            next_attempt_at=timezone.now() + timedelta(seconds=delay),
+            next_attempt_at=Now() + timedelta(seconds=delay),
         )
     else:
         transition_record(record.id, to=RecordStatus.ERROR, errors=errors, finished_at=Now())
 
 
 def queue_record_cancel(*, record_id: int) -> QueueRecord:
-    """Cancel a record: a waiting one never starts; a running one stops and its lane moves on."""
+    """Cancel a record: a waiting one never starts; a running one is asked to stop.
+
+    A running record keeps its lane (it stays RUNNING, ``cancel_requested_at`` set) until its
+    run has really stopped (its worker confirmed, or its lease lapsed): only then does
+    :func:`queue_on_run_finished` make it CANCELLED and start the next record, so two launches
+    of one scenario never overlap. Cancelling it again changes nothing.
+    """
     record = QueueRecord.objects.get(id=record_id)
     with _lane_lock(record.scenario_id):
         record.refresh_from_db()
-        if not transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now()):
+        if record.status == RecordStatus.SCHEDULED:
+            transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now())
+            _dispatch_locked(record.scenario_id)
+        elif record.status == RecordStatus.RUNNING:
+            _request_cancel_locked(record)
+        else:
             raise RecordConflict(f"record {record.id} is {record.status} and cannot be cancelled")
-        if record.status == RecordStatus.RUNNING and record.current_run_id:
-            # The run may have finished just now; the record stays cancelled either way.
-            with suppress(RunConflict):
-                run_cancel(run_id=record.current_run_id)
-        _dispatch_locked(record.scenario_id)
     record.refresh_from_db()
     return record
+
+
+def _request_cancel_locked(record: QueueRecord) -> None:
+    if record.cancel_requested_at is None:
+        QueueRecord.objects.filter(id=record.id, status=RecordStatus.RUNNING).update(
+            cancel_requested_at=Now()
+        )
+        record.refresh_from_db()
+    try:
+        run_cancel(run_id=record.current_run_id)
+        return  # the run stops; its news settles the record
+    except TestRun.DoesNotExist:
+        run_status, error = RunStatus.CANCELLED, "cancelled"  # nothing is left to stop
+    except RunConflict:
+        run = TestRun.objects.filter(id=record.current_run_id).values("status", "error").first()
+        if run is None:
+            run_status, error = RunStatus.CANCELLED, "cancelled"
+        elif run["status"] in RUN_TERMINAL_STATUSES:
+            # It ended just now and its news is on its way (or was lost): settle it here; the
+            # news then finds the record settled.
+            run_status, error = run["status"], run["error"] or run["status"]
+        else:
+            return  # its stop is already under way
+    if run_status == RunStatus.PASSED:
+        transition_record(
+            record.id,
+            to=RecordStatus.DONE,
+            where_current_run_id=record.current_run_id,
+            finished_at=Now(),
+        )
+    else:
+        _settle_failed_locked(record, run_status, error)
+    _dispatch_locked(record.scenario_id)
 
 
 def queue_record_retry(*, record_id: int) -> QueueRecord:
@@ -216,7 +263,9 @@ def queue_record_move_to_front(*, record_id: int) -> QueueRecord:
     The lane's guarantees hold: it never passes the record that holds the head (running, or
     waiting out the backoff between its re-runs), so the lane still runs one record at a time
     and a started record still finishes its starts before the next one begins. Only the order
-    of records that have not started changes, which is what the operator asks for.
+    of records that have not started changes, which is what the operator asks for. A record
+    already at the front (the head, a record in backoff, the only one of its lane) stays where
+    it is; a running or finished record cannot move (:class:`RecordConflict`).
     """
     record = QueueRecord.objects.get(id=record_id)
     with _lane_lock(record.scenario_id):
@@ -228,31 +277,37 @@ def queue_record_move_to_front(*, record_id: int) -> QueueRecord:
         lane = QueueRecord.objects.filter(
             scenario_id=record.scenario_id, status__in=ACTIVE_STATUSES
         ).order_by("lane_position")
-        head = lane.first()
-        if head.status == RecordStatus.RUNNING or head.start_count > 0:
-            lane = lane.exclude(id=head.id)  # it keeps its place
-        front = lane.first()
-        if front.id != record.id:
-            # Shift the waiting records between the front and the record one place back.
-            QueueRecord.objects.filter(
-                scenario_id=record.scenario_id,
-                status=RecordStatus.SCHEDULED,
-                lane_position__gte=front.lane_position,
-                lane_position__lt=record.lane_position,
-            ).update(lane_position=F("lane_position") + 1)
-            QueueRecord.objects.filter(id=record.id).update(lane_position=front.lane_position)
+        head = lane.first()  # never None: the record itself is in the lane
+        if head.id != record.id:
+            if _holds_its_place(head):
+                lane = lane.exclude(id=head.id)
+            front = lane.first()  # the record at worst
+            if front.id != record.id:
+                # Shift the waiting records between the front and the record one place back.
+                QueueRecord.objects.filter(
+                    scenario_id=record.scenario_id,
+                    status=RecordStatus.SCHEDULED,
+                    lane_position__gte=front.lane_position,
+                    lane_position__lt=record.lane_position,
+                ).update(lane_position=F("lane_position") + 1)
+                QueueRecord.objects.filter(id=record.id).update(lane_position=front.lane_position)
         _dispatch_locked(record.scenario_id)
     record.refresh_from_db()
     return record
 
 
-_ACTIVE_LANE_HEADS_SQL = """
+def _holds_its_place(head: QueueRecord) -> bool:
+    """The head is running, or waiting to run again after a failed start."""
+    return head.status == RecordStatus.RUNNING or head.next_attempt_at is not None
+
+
+_ACTIVE_LANE_HEADS_SQL = f"""
 WITH RECURSIVE lanes(scenario_id) AS (
     (SELECT scenario_id FROM queue_catalog_queuerecord
-      WHERE status IN ('SCHEDULED', 'RUNNING') ORDER BY scenario_id, lane_position LIMIT 1)
+      WHERE {active_sql("status")} ORDER BY scenario_id, lane_position LIMIT 1)
     UNION ALL
     SELECT (SELECT q.scenario_id FROM queue_catalog_queuerecord q
-             WHERE q.status IN ('SCHEDULED', 'RUNNING') AND q.scenario_id > lanes.scenario_id
+             WHERE {active_sql("q.status")} AND q.scenario_id > lanes.scenario_id
              ORDER BY q.scenario_id, q.lane_position LIMIT 1)
       FROM lanes WHERE lanes.scenario_id IS NOT NULL
 )
@@ -261,10 +316,11 @@ SELECT head.scenario_id
   CROSS JOIN LATERAL (
       SELECT q.scenario_id, q.status, q.next_attempt_at, q.priority
         FROM queue_catalog_queuerecord q
-       WHERE q.scenario_id = lanes.scenario_id AND q.status IN ('SCHEDULED', 'RUNNING')
+       WHERE q.scenario_id = lanes.scenario_id AND {active_sql("q.status")}
        ORDER BY q.lane_position LIMIT 1
   ) head
- WHERE head.status = 'SCHEDULED' AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= now())
+ WHERE {startable_sql("head.status")}
+   AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= now())
  ORDER BY CASE head.priority WHEN 'urgent' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END
 """
 

@@ -6,16 +6,23 @@
         └── CANCELLED <── (SCHEDULED | RUNNING)
 
 At most one record per scenario is RUNNING: a partial unique index enforces it, so even two
-dispatchers racing cannot both start a lane. Every change is a conditional UPDATE.
+dispatchers racing cannot both start a lane. Every change is a conditional UPDATE; the raw
+statements below take their status conditions from ``ALLOWED_SOURCES`` through
+:func:`orchestra.transitions.sources_sql`, like the ORM path does.
+
+A RUNNING record may carry ``cancel_requested_at``: its run was asked to stop, and the record
+keeps its lane (stays RUNNING) until that run has really ended; then it becomes CANCELLED.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.prepared import PreparedStatement
-from orchestra.transitions import IllegalTransition, conditional_transition
+from orchestra.transitions import IllegalTransition, conditional_transition, sources_sql
 
 
 class RecordStatus(models.TextChoices):
@@ -26,7 +33,6 @@ class RecordStatus(models.TextChoices):
     CANCELLED = "CANCELLED", _("Cancelled")
 
 
-ACTIVE_STATUSES = frozenset({RecordStatus.SCHEDULED, RecordStatus.RUNNING})
 TERMINAL_STATUSES = frozenset({RecordStatus.DONE, RecordStatus.ERROR, RecordStatus.CANCELLED})
 
 # target status -> the statuses it may be entered from
@@ -38,10 +44,18 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
     RecordStatus.CANCELLED: frozenset({RecordStatus.SCHEDULED, RecordStatus.RUNNING}),
 }
 
+# A record is active (in its lane) exactly as long as a cancel can still end it.
+ACTIVE_STATUSES = ALLOWED_SOURCES[RecordStatus.CANCELLED]
 
-# Namespace of the advisory locks that serialise work on one lane (any constant would do); the
-# key within it is the scenario id. Taken only through the functions below.
-_LANE_LOCK_NAMESPACE = 7001
+
+def active_sql(column: str) -> str:
+    """``column IN (...)`` of the active statuses, for raw SQL."""
+    return sources_sql(ALLOWED_SOURCES, RecordStatus.CANCELLED, column=column)
+
+
+def startable_sql(column: str) -> str:
+    """``column IN (...)`` of the statuses a record may start from, for raw SQL."""
+    return sources_sql(ALLOWED_SOURCES, RecordStatus.RUNNING, column=column)
 
 
 def transition_record(
@@ -61,40 +75,59 @@ def transition_record(
     )
 
 
-# SCHEDULED -> RUNNING for the head of a lane, in one statement: find the head, create its run
-# (QUEUED, with the scenario's definition and the queue's context, as ``runs.services.run_start``
-# creates one), start the record on it and link the attempt. Nothing happens when the lane is
-# busy, its head is waiting out a backoff, or the scenario is inactive (the lane then waits).
-_START_LANE_HEAD = PreparedStatement(
-    "orchestra_start_lane_head",
+# The lane lock is PostgreSQL's advisory lock on the single 64-bit key ``scenario_id``. The key
+# is the id itself (a bigint, positive), so two lanes never share a lock whatever the id, and
+# the single-key form is a key space of its own: PostgreSQL never confuses it with a lock
+# taken on two 32-bit keys, the form every other advisory lock of orchestra uses with its own
+# namespace (``orchestra.api.idempotency``). Taken only through the functions below.
+_LANE_LOCK = "pg_advisory_xact_lock({}::bigint)"
+
+
+@cache
+def _start_lane_head_statement() -> tuple[PreparedStatement, dict]:
+    """SCHEDULED -> RUNNING for the head of a lane, in one statement: find the head, create its
+    run, start the record on it and link the attempt. Nothing happens when the lane is busy
+    (its head is RUNNING, cancel requested or not), its head is waiting out a backoff, or the
+    scenario is inactive (the lane then waits).
+
+    The run's columns come from ``runs.services.new_run_sql``: the same definition of a new run
+    as every other launch, built once per process (the model must be loaded).
     """
+    from runs.services import new_run_sql
+
+    run = new_run_sql(
+        scenario_id="%(scenario_id)s",
+        priority="due.priority",
+        definition="due.definition",
+        context="jsonb_build_object('queueRecordId', due.id, 'queueStartCount', due.start_number,"
+        " 'payload', due.payload)",
+    )
+    statement = PreparedStatement(
+        "orchestra_start_lane_head",
+        f"""
 WITH head AS (
     SELECT q.id, q.status, q.next_attempt_at, q.start_count + 1 AS start_number, q.payload,
            q.priority
       FROM queue_catalog_queuerecord q
-     WHERE q.scenario_id = %(scenario_id)s AND q.status IN ('SCHEDULED', 'RUNNING')
+     WHERE q.scenario_id = %(scenario_id)s AND {active_sql("q.status")}
      ORDER BY q.lane_position
      LIMIT 1
 ), due AS (
     SELECT head.*, s.definition
       FROM head JOIN runs_scenario s ON s.id = %(scenario_id)s AND s.is_active
-     WHERE head.status = 'SCHEDULED'
+     WHERE {startable_sql("head.status")}
        AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= now())
 ), run AS (
-    INSERT INTO runs_testrun
-           (scenario_id, status, priority, definition, context, attempt, worker, queued_at, error)
-    SELECT %(scenario_id)s, 'QUEUED', due.priority, due.definition,
-           jsonb_build_object('queueRecordId', due.id, 'queueStartCount', due.start_number,
-                              'payload', due.payload),
-           0, '', now(), ''
+    INSERT INTO runs_testrun ({run.columns})
+    SELECT {run.values}
       FROM due
     RETURNING id, priority
 ), started AS (
     UPDATE queue_catalog_queuerecord r
-       SET status = 'RUNNING', start_count = due.start_number, started_at = now(),
+       SET status = '{RecordStatus.RUNNING}', start_count = due.start_number, started_at = now(),
            process_code = run.id::text, current_run_id = run.id, next_attempt_at = NULL
       FROM due, run
-     WHERE r.id = due.id AND r.status = 'SCHEDULED'
+     WHERE r.id = due.id AND {startable_sql("r.status")}
     RETURNING r.id
 ), attempt AS (
     INSERT INTO queue_catalog_queuerun (record_id, run_id, start_number)
@@ -102,7 +135,8 @@ WITH head AS (
 )
 SELECT run.id, run.priority, (SELECT count(*) FROM started) FROM run
 """,
-)
+    )
+    return statement, run.params
 
 
 def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
@@ -111,8 +145,9 @@ def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
     Returns the new run's id and priority (its message is not published yet), or None when
     nothing was started. Call it holding the lane's lock, inside a transaction.
     """
+    statement, run_params = _start_lane_head_statement()
     with connection.cursor() as cursor:
-        _START_LANE_HEAD.execute(cursor, {"scenario_id": scenario_id})
+        statement.execute(cursor, {"scenario_id": scenario_id, **run_params})
         row = cursor.fetchone()
     if row is None:
         return None
@@ -127,14 +162,15 @@ def start_lane_head(scenario_id: int) -> tuple[int, str] | None:
 # whatever a lock holder committed meanwhile (a cancel, say).
 _RECORD_DONE = PreparedStatement(
     "orchestra_record_done",
-    """
+    f"""
 WITH lane AS (
-    SELECT pg_advisory_xact_lock(%(namespace)s, scenario_id::integer)
+    SELECT {_LANE_LOCK.format("scenario_id")}
       FROM queue_catalog_queuerecord WHERE id = %(record_id)s
 )
-UPDATE queue_catalog_queuerecord r SET status = 'DONE', finished_at = now()
+UPDATE queue_catalog_queuerecord r SET status = '{RecordStatus.DONE}', finished_at = now()
   FROM lane
- WHERE r.id = %(record_id)s AND r.status = 'RUNNING' AND r.current_run_id = %(run_id)s
+ WHERE r.id = %(record_id)s AND {sources_sql(ALLOWED_SOURCES, RecordStatus.DONE, "r.status")}
+   AND r.current_run_id = %(run_id)s
 RETURNING r.scenario_id
 """,
 )
@@ -144,10 +180,7 @@ def record_done_locking_lane(record_id: int, *, run_id: int) -> int | None:
     """RUNNING -> DONE if ``run_id`` is the record's current run, holding the lane's lock until
     the transaction ends; the record's scenario id, or None when it was not current."""
     with connection.cursor() as cursor:
-        _RECORD_DONE.execute(
-            cursor,
-            {"namespace": _LANE_LOCK_NAMESPACE, "record_id": record_id, "run_id": run_id},
-        )
+        _RECORD_DONE.execute(cursor, {"record_id": record_id, "run_id": run_id})
         row = cursor.fetchone()
     return row[0] if row is not None else None
 
@@ -155,9 +188,7 @@ def record_done_locking_lane(record_id: int, *, run_id: int) -> int | None:
 def lock_lane(scenario_id: int) -> None:
     """Take the lane's lock until the current transaction ends."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s::integer)", [_LANE_LOCK_NAMESPACE, scenario_id]
-        )
+        cursor.execute(f"SELECT {_LANE_LOCK.format('%s')}", [scenario_id])
 
 
 def lock_lane_of_record(record_id: int) -> int | None:
@@ -165,9 +196,9 @@ def lock_lane_of_record(record_id: int) -> int | None:
     when the record does not exist."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT scenario_id, pg_advisory_xact_lock(%s, scenario_id::integer)"
+            f"SELECT scenario_id, {_LANE_LOCK.format('scenario_id')}"
             " FROM queue_catalog_queuerecord WHERE id = %s",
-            [_LANE_LOCK_NAMESPACE, record_id],
+            [record_id],
         )
         row = cursor.fetchone()
     return row[0] if row is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -95,11 +96,8 @@ def runs_start(
     if priority not in Priority.values:
         raise ValidationError({"priority": f"must be one of {Priority.values}"})
     runs = [
-        TestRun(
-            scenario=scenario,
-            priority=priority,
-            definition=scenario.definition,
-            context={**(context or {}), "payload": payload},
+        new_run(
+            scenario=scenario, priority=priority, context={**(context or {}), "payload": payload}
         )
         for payload in payloads
     ]
@@ -107,6 +105,56 @@ def runs_start(
         TestRun.objects.bulk_create(runs)
         transaction.on_commit(lambda: runs_publish(runs))
     return runs
+
+
+def new_run(*, scenario: Scenario, priority: str, context: dict[str, Any]) -> TestRun:
+    """A new QUEUED run of ``scenario``, not saved yet: the one definition of what a launch
+    creates. Its launch decides the columns of :data:`LAUNCH_COLUMNS`; every other column keeps
+    the model's default. ``runs_start`` saves these; a launch made in SQL uses :func:`new_run_sql`.
+    """
+    return TestRun(
+        scenario=scenario, priority=priority, definition=scenario.definition, context=context
+    )
+
+
+LAUNCH_COLUMNS = ("scenario_id", "priority", "definition", "context")
+
+
+@dataclass(frozen=True)
+class RunInsert:
+    """The parts of an ``INSERT INTO runs_testrun (columns) SELECT values ...``."""
+
+    columns: str
+    values: str
+    params: dict[str, Any]  # the statement's parameters for the columns that take a default
+
+
+def new_run_sql(**launch: str) -> RunInsert:
+    """The run of :func:`new_run` as the columns and values of a raw-SQL INSERT.
+
+    ``launch`` maps each of :data:`LAUNCH_COLUMNS` to an SQL expression. Every other column takes
+    the value ``new_run`` leaves it, as a typed parameter ``%(new_run_<column>)s`` (see
+    ``params``); a column the model stamps on insert (``auto_now_add``) takes ``now()``, one
+    with a database default is left to the database. A column added to TestRun is so part of
+    every launch without touching the statement.
+    """
+    if set(launch) != set(LAUNCH_COLUMNS):
+        raise ValueError(f"a launch gives exactly {LAUNCH_COLUMNS}, not {sorted(launch)}")
+    template = TestRun()
+    columns, values, params = [], [], {}
+    for field in TestRun._meta.concrete_fields:
+        if field.primary_key or field.has_db_default():
+            continue
+        columns.append(field.column)
+        if field.column in launch:
+            values.append(launch[field.column])
+        elif getattr(field, "auto_now_add", False) or getattr(field, "auto_now", False):
+            values.append("now()")
+        else:
+            name = f"new_run_{field.column}"
+            params[name] = field.get_db_prep_save(getattr(template, field.attname), connection)
+            values.append(f"%({name})s::{field.db_type(connection)}")
+    return RunInsert(", ".join(columns), ", ".join(values), params)
 
 
 def runs_publish(runs: list[TestRun]) -> None:

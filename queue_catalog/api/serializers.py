@@ -13,6 +13,11 @@ MAX_ATTEMPTS_LIMIT = 100
 class QueueRecordSerializer(serializers.ModelSerializer):
     scenario = serializers.SlugRelatedField(slug_field="name", read_only=True)
     scenario_id = serializers.IntegerField(read_only=True)
+    cancel_requested = serializers.BooleanField(
+        source="is_stopping",
+        read_only=True,
+        help_text="RUNNING but asked to stop: the lane moves on once its run has really ended.",
+    )
 
     class Meta:
         model = QueueRecord
@@ -30,6 +35,8 @@ class QueueRecordSerializer(serializers.ModelSerializer):
             "priority",
             "max_attempts",
             "next_attempt_at",
+            "cancel_requested",
+            "cancel_requested_at",
             "created_at",
         ]
 

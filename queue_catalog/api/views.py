@@ -80,8 +80,17 @@ class QueueRecordViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @extend_schema(request=None, responses={200: QueueRecordSerializer, **ERRORS, **CONFLICT})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        """A waiting record never starts; a running one stops and its lane moves on."""
+        """A waiting record never starts. A running one is asked to stop: it stays RUNNING with
+        ``cancel_requested`` until its run has really ended, then it is CANCELLED and its lane
+        moves on."""
         return self._change(pk, services.queue_record_cancel)
+
+    @extend_schema(request=None, responses={200: QueueRecordSerializer, **ERRORS, **CONFLICT})
+    @action(detail=True, methods=["post"], url_path="move-to-front")
+    def move_to_front(self, request, pk=None):
+        """Move a waiting record to the front of its lane, behind the record holding the head
+        (running, or waiting to re-run); a record already at the front stays there."""
+        return self._change(pk, services.queue_record_move_to_front)
 
     @extend_schema(request=None, responses={200: QueueRecordSerializer, **ERRORS, **CONFLICT})
     @action(detail=True, methods=["post"])

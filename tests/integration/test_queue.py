@@ -130,7 +130,7 @@ def test_a_deactivated_scenario_takes_no_new_records_and_its_lane_waits_until_re
     assert settled(second).status == "DONE" and second.start_count == 1
 
 
-def test_cancelling_a_waiting_record_means_it_never_starts_and_a_running_one_frees_the_lane():
+def test_a_cancelled_waiting_record_never_starts_and_a_running_one_frees_its_lane_once_stopped():
     scenario = make_scenario([delay_step("long", 3), delay_step("after")])
     running = queue_record_create(scenario=scenario, payload={})
     waiting = queue_record_create(scenario=scenario, payload={})
@@ -140,18 +140,19 @@ def test_cancelling_a_waiting_record_means_it_never_starts_and_a_running_one_fre
     wait_for(
         lambda: TestRun.objects.filter(id=running.current_run_id, status="IN_PROGRESS").exists()
     )
-    assert queue_record_cancel(record_id=running.id).status == "CANCELLED"
-
+    stopping = queue_record_cancel(record_id=running.id)
+    assert stopping.status == "RUNNING" and stopping.cancel_requested_at is not None
     last.refresh_from_db()
-    assert last.status == "RUNNING"
+    assert last.status == "SCHEDULED"  # the lane waits for the run to stop
+
+    assert settled(running).status == "CANCELLED"
+    run = TestRun.objects.get(id=running.current_run_id)
+    assert run.status == "CANCELLED"
+    assert not run.steps.filter(name="after").exclude(status="SKIPPED").exists()
+    assert settled(last).status == "DONE"
+    assert TestRun.objects.get(id=last.current_run_id).started_at >= run.finished_at
     waiting.refresh_from_db()
     assert waiting.start_count == 0 and waiting.current_run_id is None
-    run = TestRun.objects.get(id=running.current_run_id)
-    wait_for(lambda: not TestRun.objects.filter(id=run.id, status="IN_PROGRESS").exists())
-    run.refresh_from_db()
-    assert run.status == "CANCELLED"
-    assert not run.steps.filter(name="after").exists()
-    queue_record_cancel(record_id=last.id)
 
 
 def test_lanes_never_overlap_and_finish_in_order_while_different_lanes_run_in_parallel(

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 
 from queue_catalog.services import _ACTIVE_LANE_HEADS_SQL
-from queue_catalog.states import _START_LANE_HEAD
+from queue_catalog.states import _start_lane_head_statement
 from tests.factories import make_scenario
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
@@ -41,7 +41,8 @@ def deep_queue():
 
 
 def test_starting_the_head_of_a_lane_is_an_index_lookup_at_100000_records(deep_queue):
-    plan = explain(_START_LANE_HEAD.sql, {"scenario_id": deep_queue[0]})
+    statement, run_params = _start_lane_head_statement()
+    plan = explain(statement.sql, {"scenario_id": deep_queue[0], **run_params})
     assert "queue_active_lane_idx" in plan, plan
     assert "Seq Scan on queue_catalog_queuerecord" not in plan and "Sort" not in plan, plan
 
