@@ -333,28 +333,30 @@ def long_steps(cluster: Cluster, load: Load, rng: random.Random) -> str:
     return f"started 3 runs with a {LONG_STEP_SECONDS} s step (consumer timeout 5 s)"
 
 
-CANCELS = 4  # of runs, and of queue records, per cancel fault
+CANCELS = 4  # of runs, and of queue records, per cancel fault; half of them while in flight
 CANCEL_VICTIMS = 3  # records, and runs, of a scenario whose steps take a while each
-CANCEL_STEP_SECONDS = 0.4
+CANCEL_HOLD_SECONDS = 1.0  # how long the target holds each of the victims' three requests
+CANCEL_WORK_SECONDS = 0.3
 
 
 def start_cancel_victims(load: Load) -> None:
-    """A lane of records, and runs, whose five steps (three held ticks) last ~2 s: a cancel
-    lands in the middle of them, often while a request is in flight at the target."""
+    """A lane of urgent records, and urgent runs, whose three requests the target holds for a
+    second each: a cancel lands while one is in flight, and a next launch of the lane, urgent
+    too, is not stuck behind the load and would start at once if the lane let it."""
     lane = "chaos-cancel"
     steps = [
-        tick(load.target_url, lane, "a", hold=CANCEL_STEP_SECONDS),
-        work(CANCEL_STEP_SECONDS, "work-1"),
-        tick(load.target_url, lane, "b", hold=CANCEL_STEP_SECONDS),
-        work(CANCEL_STEP_SECONDS, "work-2"),
-        tick(load.target_url, lane, "c", hold=CANCEL_STEP_SECONDS),
+        tick(load.target_url, lane, "a", hold=CANCEL_HOLD_SECONDS),
+        work(CANCEL_WORK_SECONDS, "work-1"),
+        tick(load.target_url, lane, "b", hold=CANCEL_HOLD_SECONDS),
+        work(CANCEL_WORK_SECONDS, "work-2"),
+        tick(load.target_url, lane, "c", hold=CANCEL_HOLD_SECONDS),
     ]
     scenario = save_scenario(lane, steps)
-    records = queue_records_create(scenario=scenario, payloads=[{}] * CANCEL_VICTIMS)
+    payloads = [{}] * CANCEL_VICTIMS
+    records = queue_records_create(scenario=scenario, payloads=payloads, priority="urgent")
     load.record_ids |= {record.id for record in records}
-    load.run_ids |= {
-        run.id for run in runs_start(scenario=scenario, payloads=[{}] * CANCEL_VICTIMS)
-    }
+    runs = runs_start(scenario=scenario, payloads=payloads, priority="urgent")
+    load.run_ids |= {run.id for run in runs}
 
 
 def _cancel_instants() -> tuple[float, datetime]:
@@ -365,38 +367,56 @@ def _cancel_instants() -> tuple[float, datetime]:
         return at, cursor.fetchone()[0]
 
 
+def _cancel_one(load: Load, kind: str, rng: random.Random, *, in_flight: bool) -> bool:
+    """Cancel one running run or record (one with a request in flight at the target, if asked);
+    False when there is none or it finished meanwhile."""
+    held = {request.run for request in load.evidence.in_flight()}
+    if kind == "record":
+        running = QueueRecord.objects.filter(id__in=load.record_ids, status="RUNNING")
+        candidates = sorted(running.values_list("id", "current_run_id"))
+    else:
+        running = TestRun.objects.filter(id__in=load.run_ids, status="IN_PROGRESS")
+        candidates = [(run_id, run_id) for run_id in sorted(running.values_list("id", flat=True))]
+    if in_flight:
+        candidates = [c for c in candidates if c[1] in held]
+    if not candidates:
+        return False
+    chosen, run_id = rng.choice(candidates)
+    try:
+        if kind == "record":
+            run_id = queue_record_cancel(record_id=chosen).current_run_id
+        else:
+            run_cancel(run_id=chosen)
+    except (RecordConflict, RunConflict):
+        return False
+    load.cancels.append(Cancel(kind, chosen, run_id, *_cancel_instants()))
+    return True
+
+
 def cancel_running(cluster: Cluster, load: Load, rng: random.Random) -> str:
-    """Cancel running runs and running queue records (through the services), preferring those
-    with a request in flight at the target right now."""
+    """Cancel running runs and running queue records (through the services), half of them while
+    a request of theirs is in flight at the target."""
     start_cancel_victims(load)
+    plan = [
+        (kind, number < CANCELS // 2) for number in range(CANCELS) for kind in ("run", "record")
+    ]
+    rng.shuffle(plan)
     done = Counter()
-    deadline = time.monotonic() + 20
-    while (done["run"] < CANCELS or done["record"] < CANCELS) and time.monotonic() < deadline:
-        held = {request.run for request in load.evidence.in_flight()}
-        if done["record"] < CANCELS:
-            running = QueueRecord.objects.filter(id__in=load.record_ids, status="RUNNING")
-            candidates = sorted(running.values_list("id", "current_run_id"))
-            chosen = [c for c in candidates if c[1] in held] or candidates
-            if chosen:
-                record_id, _ = rng.choice(chosen)
-                with suppress(RecordConflict):
-                    record = queue_record_cancel(record_id=record_id)
-                    load.cancels.append(
-                        Cancel("record", record_id, record.current_run_id, *_cancel_instants())
-                    )
-                    done["record"] += 1
-        if done["run"] < CANCELS:
-            running = TestRun.objects.filter(id__in=load.run_ids, status="IN_PROGRESS")
-            candidates = sorted(running.values_list("id", flat=True))
-            chosen = [c for c in candidates if c in held] or candidates
-            if chosen:
-                run_id = rng.choice(chosen)
-                with suppress(RunConflict):
-                    run_cancel(run_id=run_id)
-                    load.cancels.append(Cancel("run", run_id, run_id, *_cancel_instants()))
-                    done["run"] += 1
-        time.sleep(rng.uniform(0.05, 0.3))  # spread the cancels over the load's steps
-    return f"cancelled {done['run']} running runs and {done['record']} running records"
+    for kind, in_flight in plan:
+        with suppress(AssertionError):  # nothing to cancel for a while: the count tells
+            wait_for(
+                lambda kind=kind, in_flight=in_flight: _cancel_one(
+                    load, kind, rng, in_flight=in_flight
+                ),
+                timeout=10,
+                interval=0.05,
+                message=f"a running {kind} to cancel",
+            )
+            done[kind, in_flight] += 1
+    counts = ", ".join(
+        f"{n} {kind}s{' in flight' * held}" for (kind, held), n in sorted(done.items())
+    )
+    return f"cancelled {counts}"
 
 
 PAUSE_WORK_SECONDS = 2  # the victims' work step, during which the pause lands
