@@ -129,6 +129,8 @@ class Load:
     cancels: list[Cancel] = field(default_factory=list)
     pauses: list[Pause] = field(default_factory=list)
     binary: dict[int, str] = field(default_factory=dict)  # run id -> body kind
+    # Runs executing while a fault could interrupt them: they may be executed again.
+    disturbed: set[int] = field(default_factory=set)
 
     def start(self, scenarios: list[Scenario], runs: int, records: int, rng: random.Random):
         for _ in range(runs):
@@ -470,6 +472,7 @@ def pause_worker(cluster: Cluster, load: Load, rng: random.Random) -> str:
     finally:
         stop(signal.SIGCONT)
     load.pauses.append(Pause(run_id, attempt, time.monotonic(), taken_over))
+    load.disturbed.add(run_id)
     what = f"worker {worker.name}" if whole else f"pool child {pid} of {worker.name}"
     outcome = "taken over" if taken_over else "NOT taken over"
     return f"paused {what} for {time.monotonic() - stopped:.1f}s (run {run_id} {outcome})"
@@ -527,6 +530,33 @@ if PRIVATE_SERVICES:
         "restart-database": restart_database,
         "long-step": long_steps,
     }
+
+
+# Faults that may interrupt a run in the middle, so that it is executed again as a new attempt.
+DISRUPTIVE = {
+    "kill-child",
+    "kill-worker",
+    "db-connections",
+    "broker-connections",
+    "restart-broker",
+    "restart-database",
+    "long-step",
+    "pause",
+}
+
+
+def inject(name: str, cluster: Cluster, load: Load, rng: random.Random) -> str:
+    """Inject fault ``name``; note the runs it may have interrupted (executing before or after)."""
+
+    def executing() -> set[int]:
+        return set(TestRun.objects.filter(status="IN_PROGRESS").values_list("id", flat=True))
+
+    disruptive = name in DISRUPTIVE
+    before = executing() if disruptive else set()
+    outcome = FAULTS[name](cluster, load, rng)
+    if disruptive:
+        load.disturbed |= before | executing()
+    return outcome
 
 
 # --- the checker ---------------------------------------------------------------------------------
@@ -599,6 +629,11 @@ def check(load: Load, requests: list[Request]) -> Verdict:
     # Duplicated: one attempt of one run executed a step twice (the target saw it twice).
     executions = Counter((r.run, r.attempt, r.step) for r in requests if r.run in runs)
     verdict.duplicated += [key for key, count in executions.items() if count > 1]
+    # ... or a run was executed by a second attempt with no fault to explain it.
+    for run_id, requests in seen.items():
+        attempts = sorted({r.attempt for r in requests}, key=str)
+        if len(attempts) > 1 and run_id not in load.disturbed:
+            verdict.duplicated.append(("executed again with no fault", run_id, attempts))
 
     for run in runs.values():
         _check_run(verdict, run, steps[run.id], seen[run.id])
@@ -656,30 +691,39 @@ def _check_run(
             )
             break
 
-    fetch = last.get("fetch")
-    if fetch is not None and fetch.path == "/binary":
-        _check_binary(verdict, run, fetch, last, final)
+    fetches = [r for r in seen if r.path == "/binary"]
+    if fetches:
+        _check_binary(verdict, run, fetches[-1], seen, final)
 
 
 def _check_binary(
-    verdict: Verdict, run: TestRun, fetch: Request, last: dict, final: list[StepResult]
+    verdict: Verdict, run: TestRun, fetch: Request, seen: list[Request], final: list[StepResult]
 ) -> None:
-    """A body over ORCHESTRA_MAX_RESPONSE_BYTES ends its step ERROR and skips the rest; any other
-    body is stored (a binary one by its SHA-256) and the run passes."""
+    """Judged by the last body the target sent the run: one over ORCHESTRA_MAX_RESPONSE_BYTES
+    ends its step ERROR and skips the rest; any other is stored (a binary one with its SHA-256)
+    and the run passes."""
     if run.status == "CANCELLED":
         return
+    kind = fetch.lane.removeprefix("chaos-binary-")
     huge = fetch.body_bytes > MAX_RESPONSE_BYTES
     expected = "ERROR" if huge else "PASSED"
+    stored = {s.name: s for s in final}
     if run.status != expected:
         verdict.disagreements.append(
-            (f"binary body: {expected} expected", run.id, run.status, run.error[:120])
+            (f"{kind} body: run {expected} expected", run.id, run.status, run.error[:100])
         )
-    if huge and "b" in last:
+    elif huge and (stored.get("fetch") is None or stored["fetch"].status != "ERROR"):
+        verdict.disagreements.append((f"{kind} body: its step ERROR expected", run.id))
+    if huge and any(r.step == "b" and r.attempt == fetch.attempt for r in seen):
         verdict.unexpected.append(("step after a huge body was executed", run.id))
-    stored = [s for s in final if s.name == "fetch"]
-    binary = fetch.lane.removeprefix("chaos-binary-") in ("random", "png", "invalid-utf8")
-    if not huge and binary and stored and fetch.body_sha256 not in json.dumps(stored[0].response):
-        verdict.disagreements.append(("binary body stored without its SHA-256", run.id))
+    binary = kind in ("random", "png", "invalid-utf8")
+    if (
+        binary
+        and not huge
+        and "fetch" in stored
+        and (fetch.body_sha256 not in json.dumps(stored["fetch"].response))
+    ):
+        verdict.disagreements.append((f"{kind} body stored without its SHA-256", run.id))
 
 
 def _check_records(verdict: Verdict, records: dict, links: list[QueueRun], seen: dict) -> None:

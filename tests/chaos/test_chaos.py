@@ -26,6 +26,7 @@ from tests.chaos.harness import (
     Load,
     check,
     database_summary,
+    inject,
     make_scenarios,
     settle,
 )
@@ -84,7 +85,7 @@ def run_round(target, cluster: Cluster, faults: list[str], runs: int, records: i
     started = time.monotonic()
     log = []
     for name in faults:
-        log.append(f"{time.monotonic() - started:5.1f}s {name}: {FAULTS[name](cluster, load, rng)}")
+        log.append(f"{time.monotonic() - started:5.1f}s {name}: {inject(name, cluster, load, rng)}")
     settle(load, SETTLE_SECONDS)
     took = time.monotonic() - started
     verdict = check(load, target.evidence.snapshot())
@@ -95,7 +96,16 @@ def run_round(target, cluster: Cluster, faults: list[str], runs: int, records: i
     )
     print("  " + "\n  ".join(log))
     print("  " + "  ".join(f"{name} {count}" for name, count in counts.items()))
-    assert verdict.clean, {k: v[:5] for k, v in vars(verdict).items() if v and k != "recovered"}
+    violations = [
+        f"  {name}: {item}"
+        for name, items in vars(verdict).items()
+        if name != "recovered"
+        for item in items[:20]
+    ]
+    print("\n".join(violations))
+    assert verdict.clean, "the checker found violations (printed above): " + ", ".join(
+        f"{name} {count}" for name, count in counts.items() if count and name != "recovered"
+    )
     # The faults really happened.
     if "cancel" in faults:
         assert {cancel.kind for cancel in load.cancels} == {"run", "record"}
