@@ -336,16 +336,15 @@ def long_steps(cluster: Cluster, load: Load, rng: random.Random) -> str:
 
 
 CANCELS = 4  # of runs, and of queue records, per cancel fault; half of them while in flight
-CANCEL_VICTIMS = 3  # records, and runs, of a scenario whose steps take a while each
 CANCEL_HOLD_SECONDS = 1.0  # how long the target holds each of the victims' three requests
 CANCEL_WORK_SECONDS = 0.3
+CANCEL_LANE = "chaos-cancel"
 
 
-def start_cancel_victims(load: Load) -> None:
-    """A lane of urgent records, and urgent runs, whose three requests the target holds for a
-    second each: a cancel lands while one is in flight, and a next launch of the lane, urgent
-    too, is not stuck behind the load and would start at once if the lane let it."""
-    lane = "chaos-cancel"
+def cancel_scenario(load: Load) -> Scenario:
+    """A scenario whose three requests the target holds for a second each: a cancel lands while
+    one is in flight."""
+    lane = CANCEL_LANE
     steps = [
         tick(load.target_url, lane, "a", hold=CANCEL_HOLD_SECONDS),
         work(CANCEL_WORK_SECONDS, "work-1"),
@@ -353,12 +352,19 @@ def start_cancel_victims(load: Load) -> None:
         work(CANCEL_WORK_SECONDS, "work-2"),
         tick(load.target_url, lane, "c", hold=CANCEL_HOLD_SECONDS),
     ]
-    scenario = save_scenario(lane, steps)
-    payloads = [{}] * CANCEL_VICTIMS
-    records = queue_records_create(scenario=scenario, payloads=payloads, priority="urgent")
-    load.record_ids |= {record.id for record in records}
-    runs = runs_start(scenario=scenario, payloads=payloads, priority="urgent")
-    load.run_ids |= {run.id for run in runs}
+    return save_scenario(lane, steps)
+
+
+def start_cancel_victim(load: Load, scenario: Scenario, kind: str, count: int = 1) -> None:
+    """Urgent runs or records of the cancel scenario: not stuck behind the load, and neither is
+    the lane's next launch, which would start at once if the lane let it. One run victim at a
+    time, so that a worker stays free for that next launch."""
+    if kind == "record":
+        records = queue_records_create(scenario=scenario, payloads=[{}] * count, priority="urgent")
+        load.record_ids |= {record.id for record in records}
+    else:
+        runs = runs_start(scenario=scenario, payloads=[{}] * count, priority="urgent")
+        load.run_ids |= {run.id for run in runs}
 
 
 def _cancel_instants() -> tuple[float, datetime]:
@@ -370,9 +376,12 @@ def _cancel_instants() -> tuple[float, datetime]:
 
 
 def _cancel_one(load: Load, kind: str, rng: random.Random, *, in_flight: bool) -> bool:
-    """Cancel one running run or record (one with a request in flight at the target, if asked);
+    """Cancel one running run or record (a victim with a request in flight at the target, if asked);
     False when there is none or it finished meanwhile."""
-    held = {request.run for request in load.evidence.in_flight()}
+    # A victim's request that has just begun: the lane's next launch has time to start beside it.
+    fresh = time.monotonic() - CANCEL_HOLD_SECONDS / 3
+    in_flight_now = load.evidence.in_flight()
+    held = {r.run for r in in_flight_now if r.lane == CANCEL_LANE and r.received > fresh}
     if kind == "record":
         running = QueueRecord.objects.filter(id__in=load.record_ids, status="RUNNING")
         candidates = sorted(running.values_list("id", "current_run_id"))
@@ -396,15 +405,16 @@ def _cancel_one(load: Load, kind: str, rng: random.Random, *, in_flight: bool) -
 
 
 def cancel_running(cluster: Cluster, load: Load, rng: random.Random) -> str:
-    """Cancel running runs and running queue records (through the services), half of them while
-    a request of theirs is in flight at the target."""
-    start_cancel_victims(load)
-    plan = [
-        (kind, number < CANCELS // 2) for number in range(CANCELS) for kind in ("run", "record")
-    ]
+    """Cancel running runs and running queue records (through the services), half of them
+    victims with a request in flight at the target."""
+    scenario = cancel_scenario(load)
+    start_cancel_victim(load, scenario, "record", count=CANCELS // 2 + 1)
+    plan = [(kind, n < CANCELS // 2) for n in range(CANCELS) for kind in ("run", "record")]
     rng.shuffle(plan)
     done = Counter()
     for kind, in_flight in plan:
+        if kind == "run" and in_flight:
+            start_cancel_victim(load, scenario, "run")
         with suppress(AssertionError):  # nothing to cancel for a while: the count tells
             wait_for(
                 lambda kind=kind, in_flight=in_flight: _cancel_one(
@@ -503,6 +513,8 @@ def binary_bodies(cluster: Cluster, load: Load, rng: random.Random) -> str:
             },
             "expect": {"status": 200},
         }
+        if kind in ("json-nul", "nan"):
+            fetch["capture"] = {"value": "$.value"}  # a NUL, a NaN as a captured value
         scenario = save_scenario(
             lane, [tick(load.target_url, lane, "a"), fetch, tick(load.target_url, lane, "b")]
         )
