@@ -438,54 +438,65 @@ PAUSE_BOUND_SECONDS = LEASE_SECONDS + 30  # the longest a worker stays stopped
 def pause_worker(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """SIGSTOP the pool child (or the whole worker) executing a run in its work step, until its
     lease lapsed and another worker took the run over; then SIGCONT. The stale owner must not
-    send anything more to the target."""
+    send anything more to the target. Two victims, paused together when both are found: two
+    chances for a race between resuming and noticing the loss."""
     victims = set(start_runs(load, name="chaos-pause", work_seconds=PAUSE_WORK_SECONDS, count=2))
 
-    def in_work_step():
+    def in_work_step() -> list[tuple[WorkerProcess, int, int, int]]:
         steps = defaultdict(set)
         for request in load.evidence.snapshot():
             if request.run in victims:
                 steps[request.run, request.attempt].add(request.step)
+        found = []
         owners = TestRun.objects.filter(id__in=victims, status="IN_PROGRESS")
         for run_id, attempt, owner in owners.values_list("id", "attempt", "worker"):
             if steps[run_id, attempt] != {"a"} or ":" not in owner:
                 continue
             pid = int(owner.rsplit(":", 1)[1])
-            for worker in cluster.workers:
-                if pid in worker.child_pids():
-                    return worker, pid, run_id, attempt
-        return None
+            found += [(w, pid, run_id, attempt) for w in cluster.workers if pid in w.child_pids()]
+        return sorted(found, key=lambda victim: victim[2])
 
-    worker, pid, run_id, attempt = wait_for(
-        in_work_step, timeout=30, interval=0.02, message="a run in its work step"
-    )
-    whole = rng.random() < 0.5
-    stop = (lambda sig: os.killpg(worker.pid, sig)) if whole else (lambda sig: os.kill(pid, sig))
-    stop(signal.SIGSTOP)
+    paused = wait_for(in_work_step, timeout=30, interval=0.02, message="a run in its work step")
+    with suppress(AssertionError):  # the other victim too, if it reaches its work step soon
+        paused = wait_for(
+            lambda: both if len(both := in_work_step()) > 1 else None,
+            timeout=PAUSE_WORK_SECONDS / 2,
+            interval=0.02,
+            message="both runs in their work step",
+        )
+    signals = []
+    for worker, pid, _, _ in paused:
+        whole = rng.random() < 0.5
+        signals.append((os.killpg, worker.pid) if whole else (os.kill, pid))
+        signals[-1][0](signals[-1][1], signal.SIGSTOP)
     stopped = time.monotonic()
-    taken_over = False
+    runs = {run_id: attempt for _, _, run_id, attempt in paused}
+
+    def taken_over() -> set[int]:
+        moved = TestRun.objects.filter(id__in=runs).values_list("id", "attempt", "status")
+        return {i for i, attempt, status in moved if attempt > runs[i] or status in RUN_TERMINAL}
+
     try:
-        run = TestRun.objects.filter(id=run_id)
-        taken_over = bool(
+        with suppress(AssertionError):  # reported below; the checker judges the runs
             wait_for(
-                lambda: (
-                    run.filter(attempt__gt=attempt).exists()
-                    or run.filter(status__in=RUN_TERMINAL).exists()
-                ),
+                lambda: taken_over() == set(runs),
                 timeout=PAUSE_BOUND_SECONDS,
                 interval=0.1,
-                message="another worker to take the paused run over",
+                message="other workers to take the paused runs over",
             )
-        )
-    except AssertionError:
-        pass  # reported below; the checker judges the run
     finally:
-        stop(signal.SIGCONT)
-    load.pauses.append(Pause(run_id, attempt, time.monotonic(), taken_over))
-    load.disturbed.add(run_id)
-    what = f"worker {worker.name}" if whole else f"pool child {pid} of {worker.name}"
-    outcome = "taken over" if taken_over else "NOT taken over"
-    return f"paused {what} for {time.monotonic() - stopped:.1f}s (run {run_id} {outcome})"
+        for send, pid in signals:
+            send(pid, signal.SIGCONT)
+    resumed, moved = time.monotonic(), taken_over()
+    for run_id, attempt in runs.items():
+        load.pauses.append(Pause(run_id, attempt, resumed, run_id in moved))
+        load.disturbed.add(run_id)
+    what = ", ".join(
+        f"{'worker' if send is os.killpg else 'pool child of'} {worker.name} (run {run_id}"
+        f"{'' if run_id in moved else ' NOT taken over'})"
+        for (send, _), (worker, _, run_id, _) in zip(signals, paused, strict=True)
+    )
+    return f"paused {what} for {resumed - stopped:.1f}s"
 
 
 BINARY_RUNS = 10
