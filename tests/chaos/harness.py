@@ -555,7 +555,8 @@ if PRIVATE_SERVICES:
     }
 
 
-# Faults that may interrupt a run in the middle, so that it is executed again as a new attempt.
+# Faults that may interrupt any run executing meanwhile, so that it is executed again as a new
+# attempt. A pause interrupts only the runs it stopped, which it notes itself.
 DISRUPTIVE = {
     "kill-child",
     "kill-worker",
@@ -564,7 +565,6 @@ DISRUPTIVE = {
     "restart-broker",
     "restart-database",
     "long-step",
-    "pause",
 }
 
 
