@@ -128,7 +128,6 @@ class Load:
     poison: int = 0
     cancels: list[Cancel] = field(default_factory=list)
     pauses: list[Pause] = field(default_factory=list)
-    binary: dict[int, str] = field(default_factory=dict)  # run id -> body kind
     # Runs executing while a fault could interrupt them: they may be executed again.
     disturbed: set[int] = field(default_factory=set)
 
@@ -531,7 +530,6 @@ def binary_bodies(cluster: Cluster, load: Load, rng: random.Random) -> str:
         )
         (run,) = runs_start(scenario=scenario, payloads=[{}])
         load.run_ids.add(run.id)
-        load.binary[run.id] = kind
     return f"started {len(kinds)} runs fetching {', '.join(sorted(set(kinds)))} bodies"
 
 
@@ -703,10 +701,11 @@ def _check_run(
     if run.status == "PASSED" and set(http_steps) - set(last):
         verdict.disagreements.append(("PASSED, but the target missed steps", run.id))
     # A stale attempt sends nothing once a later attempt has begun (fencing by the claim).
+    attempted = [r for r in seen if r.attempt is not None]
     first_of = {}
-    for request in seen:
+    for request in attempted:
         first_of.setdefault(request.attempt, request.received)
-    for request in seen:
+    for request in attempted:
         later = [at for attempt, at in first_of.items() if attempt > request.attempt]
         if later and request.received > min(later):
             verdict.overlaps.append(
