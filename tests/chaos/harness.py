@@ -660,16 +660,7 @@ def check(load: Load, requests: list[Request]) -> Verdict:
         _check_run(verdict, run, steps[run.id], seen[run.id])
     _check_records(verdict, records, links, seen)
     _check_cancels(verdict, load, runs, records, seen)
-    for pause in load.pauses:
-        late = [
-            r
-            for r in seen[pause.run_id]
-            if r.attempt == pause.attempt and r.received > pause.resumed
-        ]
-        if pause.taken_over and late:
-            verdict.overlaps.append(
-                ("paused owner sent after the takeover", pause.run_id, late[0].step)
-            )
+    _check_pauses(verdict, load, seen)
     _check_lanes(verdict, records, links, seen)
     return verdict
 
@@ -791,6 +782,20 @@ def _check_cancels(verdict: Verdict, load: Load, runs: dict, records: dict, seen
         if len(after) > 1:
             verdict.unexpected.append(
                 ("cancelled run went on to a new step", run.id, sorted(after, key=str))
+            )
+
+
+def _check_pauses(verdict: Verdict, load: Load, seen: dict) -> None:
+    """Once resumed, a paused owner whose run was taken over sends nothing more."""
+    for pause in load.pauses:
+        late = [
+            r
+            for r in seen[pause.run_id]
+            if r.attempt == pause.attempt and r.received > pause.resumed
+        ]
+        if pause.taken_over and late:
+            verdict.overlaps.append(
+                ("paused owner sent after the takeover", pause.run_id, late[0].step)
             )
 
 
