@@ -354,15 +354,25 @@ def cancel_scenario(load: Load) -> Scenario:
     return save_scenario(lane, steps)
 
 
-def start_cancel_victim(load: Load, scenario: Scenario, kind: str, count: int = 1) -> None:
-    """Urgent runs or records of the cancel scenario: not stuck behind the load, and neither is
-    the lane's next launch, which would start at once if the lane let it. One run victim at a
-    time, so that a worker stays free for that next launch."""
+def ensure_cancel_victims(load: Load, scenario: Scenario, kind: str) -> None:
+    """Urgent runs or records of the cancel scenario, so that a cancel always finds one even
+    when the load has drained: not stuck behind the load, and neither is the lane's next launch
+    (two records are kept in the lane), which would start at once if the lane let it. One run
+    at a time, so that a worker stays free for that next launch."""
     if kind == "record":
-        records = queue_records_create(scenario=scenario, payloads=[{}] * count, priority="urgent")
-        load.record_ids |= {record.id for record in records}
-    else:
-        runs = runs_start(scenario=scenario, payloads=[{}] * count, priority="urgent")
+        active = QueueRecord.objects.filter(scenario=scenario, status__in=["SCHEDULED", "RUNNING"])
+        missing = 2 - active.count()
+        if missing > 0:
+            records = queue_records_create(
+                scenario=scenario, payloads=[{}] * missing, priority="urgent"
+            )
+            load.record_ids |= {record.id for record in records}
+    elif (
+        not TestRun.objects.filter(scenario=scenario, status__in=["QUEUED", "IN_PROGRESS"])
+        .exclude(context__has_key="queueRecordId")
+        .exists()
+    ):
+        runs = runs_start(scenario=scenario, payloads=[{}], priority="urgent")
         load.run_ids |= {run.id for run in runs}
 
 
@@ -407,13 +417,11 @@ def cancel_running(cluster: Cluster, load: Load, rng: random.Random) -> str:
     """Cancel running runs and running queue records (through the services), half of them
     victims with a request in flight at the target."""
     scenario = cancel_scenario(load)
-    start_cancel_victim(load, scenario, "record", count=CANCELS // 2 + 1)
     plan = [(kind, n < CANCELS // 2) for n in range(CANCELS) for kind in ("run", "record")]
     rng.shuffle(plan)
     done = Counter()
     for kind, in_flight in plan:
-        if kind == "run" and in_flight:
-            start_cancel_victim(load, scenario, "run")
+        ensure_cancel_victims(load, scenario, kind)
         with suppress(AssertionError):  # nothing to cancel for a while: the count tells
             wait_for(
                 lambda kind=kind, in_flight=in_flight: _cancel_one(
