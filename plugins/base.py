@@ -35,11 +35,14 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jsonschema import Draft202012Validator
 
 from plugins.jsonpaths import JsonPathError, find_first
+
+if TYPE_CHECKING:
+    from plugins.resources import Listener, RunResources
 
 
 class PluginError(Exception):
@@ -93,6 +96,8 @@ class StepContext:
     stop: threading.Event = field(default_factory=threading.Event, compare=False)
     #: Names of the credentials the step's rendered parameters carry.
     credentials_sent: frozenset[str] = frozenset()
+    #: The run's resources and listeners (plugins/resources.py), shared by its steps.
+    resources: RunResources = field(default_factory=lambda: _new_resources(), compare=False)
 
     def __post_init__(self) -> None:
         if self.deadline < 0:
@@ -118,6 +123,9 @@ class ProtocolPlugin(ABC):
     #: JSON Schema of the step's ``expect`` block.
     expect_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
 
+    #: JSON Schema of a ``listen: {with: ...}`` block; None when the plugin cannot listen.
+    listen_schema: ClassVar[dict[str, Any] | None] = None
+
     @cached_property
     def params_validator(self) -> Draft202012Validator:
         """``params_schema``, compiled once per process."""
@@ -132,6 +140,10 @@ class ProtocolPlugin(ABC):
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         """Perform the step; return a result or raise :class:`PluginError`."""
 
+    def listen(self, params: dict[str, Any], context: StepContext) -> Listener:
+        """Subscribe before a step runs (``listen:``); see plugins/resources.py."""
+        raise PluginError(f"plugin {self.name} cannot listen")
+
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         """Check ``expect`` against ``result``; the default knows only JSONPath on ``data``."""
         return check_json_paths(expect.get("json", {}), result.data)
@@ -139,6 +151,12 @@ class ProtocolPlugin(ABC):
     def capture(self, expression: str, result: PluginResult) -> Any:
         """Return the value ``expression`` (a JSONPath) selects from ``result.data``."""
         return find_first(expression, result.data)
+
+
+def _new_resources() -> RunResources:
+    from plugins.resources import RunResources
+
+    return RunResources()
 
 
 def check_json_paths(expected_by_path: dict[str, Any], document: Any) -> list[Assertion]:
