@@ -1,4 +1,9 @@
-"""Finds protocol plugins through the ``orchestra.plugins`` entry-point group."""
+"""Finds protocol plugins: the built-ins, always, and third-party ones through the
+``orchestra.plugins`` entry-point group.
+
+The built-ins are listed here rather than only as entry points of the installed package, so a
+source tree whose dependencies came from ``pip install -r requirements.txt`` alone has them too.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,12 @@ from jsonschema.exceptions import SchemaError
 from plugins.base import ProtocolPlugin
 
 ENTRY_POINT_GROUP = "orchestra.plugins"
+
+#: The plugins that ship with orchestra, as entry-point values.
+BUILTIN_PLUGINS = {
+    "http": "plugins.http:HttpPlugin",
+    "delay": "plugins.delay:DelayPlugin",
+}
 
 
 class UnknownPlugin(LookupError):
@@ -30,7 +41,10 @@ def installed_plugins() -> dict[str, ProtocolPlugin]:
     """
     plugins: dict[str, ProtocolPlugin] = {}
     sources: dict[str, str] = {}
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+    builtins = [
+        EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in BUILTIN_PLUGINS.items()
+    ]
+    for entry_point in [*builtins, *entry_points(group=ENTRY_POINT_GROUP)]:
         if entry_point.name in sources and sources[entry_point.name] != entry_point.value:
             raise PluginLoadError(
                 f"plugin name {entry_point.name!r} is registered twice: by "

@@ -69,13 +69,18 @@ def entry_point_list(monkeypatch, fresh_registry):
     return install
 
 
-def test_builtin_plugins_are_registered_as_entry_points_in_the_package_metadata():
-    from importlib.metadata import entry_points
+def test_builtin_plugins_are_there_without_any_entry_point(entry_point_list):
+    entry_point_list()  # a source tree installed with `pip install -r requirements.txt` only
 
-    declared = {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+    assert isinstance(get_plugin("http"), HttpPlugin)
+    assert isinstance(get_plugin("delay"), DelayPlugin)
 
-    assert declared.get("http") == "plugins.http:HttpPlugin"
-    assert declared.get("delay") == "plugins.delay:DelayPlugin"
+
+def test_a_third_party_plugin_cannot_take_a_builtin_name(entry_point_list):
+    entry_point_list(("http", "tests.unit.test_registry:EchoPlugin"))
+
+    with pytest.raises(PluginLoadError, match="registered twice"):
+        installed_plugins()
 
 
 def test_builtin_plugins_are_found_by_name(fresh_registry):
@@ -119,11 +124,11 @@ def test_a_third_party_plugin_is_usable_without_touching_orchestra(entry_point_l
     ]
 
 
-def test_no_plugins_installed_says_so(entry_point_list):
+def test_an_unknown_plugin_names_the_installed_ones(entry_point_list):
     entry_point_list()
 
-    with pytest.raises(UnknownPlugin, match=r"\(installed: none\)"):
-        get_plugin("http")
+    with pytest.raises(UnknownPlugin, match=r"\(installed: delay, http\)"):
+        get_plugin("soap")
 
 
 def test_an_entry_point_that_is_not_a_plugin_class_is_refused_by_name(entry_point_list):
@@ -150,7 +155,7 @@ def test_two_packages_claiming_one_name_is_refused(entry_point_list):
 def test_the_same_entry_point_seen_twice_is_harmless(entry_point_list):
     entry_point_list(("echo", f"{HERE}:EchoPlugin"), ("echo", f"{HERE}:EchoPlugin"))
 
-    assert list(installed_plugins()) == ["echo"]
+    assert sorted(installed_plugins()) == ["delay", "echo", "http"]
 
 
 def test_a_plugin_load_error_is_still_a_type_error_for_older_callers(entry_point_list):
