@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -212,7 +213,7 @@ class _RunExecution:
         self.statuses: list[str] = []
         self.failures: list[StepRecord] = []
         self.pending: StepRecord | None = None
-        # No step may outlast the hard time limit: the final status must still be written.
+        # No finally step may outlast the hard time limit: the final status must still be written.
         hard_margin = celeryconfig.task_time_limit - celeryconfig.RUN_TIME_BUDGET - 1
         self.hard_deadline = lease.budget_ends + max(0, hard_margin)
 
@@ -327,7 +328,7 @@ class _RunExecution:
         self, position: int, step: dict, *, is_cleanup: bool, deadline: float | None = None
     ) -> StepRecord:
         timeout = float(step.get("timeout", settings.ORCHESTRA_DEFAULT_STEP_TIMEOUT))
-        cap = min(self.hard_deadline, deadline if deadline is not None else self.hard_deadline)
+        cap = math.inf if deadline is None else deadline
         record = StepRecord(position, step["name"], step["plugin"], is_cleanup, StepStatus.ERROR)
         record.started_at = timezone.now()
         started = time.monotonic()
