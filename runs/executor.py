@@ -32,7 +32,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-import celeryconfig
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.jsonpaths import JsonPathError
 from plugins.registry import UnknownPlugin, get_plugin
@@ -101,7 +100,7 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
     claim_as = {
         "worker": worker,
         "lease_seconds": settings.ORCHESTRA_RUN_LEASE_SECONDS,
-        "budget_seconds": celeryconfig.RUN_TIME_BUDGET,
+        "budget_seconds": delivery.budget_seconds,
         "delivery_id": delivery.task_id,
         "delivery_retries": delivery.retries,
     }
@@ -126,7 +125,14 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
     # Neither executes again: the attempt before was killed at its time limit, or its cancel
     # waits for a confirmation that its worker can no longer give.
     if claim.out_of_time:
-        _finish(run_id, worker, claim.attempt, RunStatus.ERROR, _time_limit_error(), claim.context)
+        _finish(
+            run_id,
+            worker,
+            claim.attempt,
+            RunStatus.ERROR,
+            _time_limit_error(delivery),
+            claim.context,
+        )
         return Outcome.EXECUTED
     if claim.cancel_requested:
         _finish(run_id, worker, claim.attempt, RunStatus.CANCELLED, CANCELLED, claim.context)
@@ -136,7 +142,7 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
         with lease_keeper.hold(
             run_id, worker, claim.attempt, budget_seconds=claim.budget_seconds
         ) as lease:
-            executor = _RunExecution(run_id, worker, claim, lease)
+            executor = _RunExecution(run_id, worker, claim, lease, delivery)
             status, error, last_record = executor.execute()
         if status is None:
             logger.warning("run %s: attempt %s lost its claim; stopped", run_id, claim.attempt)
@@ -148,14 +154,19 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
         # The limit struck outside the steps (storing the final status): finish honestly; a
         # run finished meanwhile is left alone by the conditional finish.
         finished = _finish(
-            run_id, worker, claim.attempt, RunStatus.ERROR, _time_limit_error(), claim.context
+            run_id,
+            worker,
+            claim.attempt,
+            RunStatus.ERROR,
+            _time_limit_error(delivery),
+            claim.context,
         )
     return Outcome.EXECUTED if finished else Outcome.LOST
 
 
-def _time_limit_error() -> str:
+def _time_limit_error(delivery: Delivery) -> str:
     return (
-        f"time limit: the run did not end within {celeryconfig.RUN_TIME_BUDGET} s "
+        f"time limit: the run did not end within {delivery.budget_seconds:g} s "
         "(CELERY_TASK_SOFT_TIME_LIMIT)"
     )
 
@@ -195,8 +206,11 @@ class _RunExecution:
     claim nothing more is sent or written.
     """
 
-    def __init__(self, run_id: int, worker: str, claim: Claim, lease: Lease) -> None:
+    def __init__(
+        self, run_id: int, worker: str, claim: Claim, lease: Lease, delivery: Delivery
+    ) -> None:
         self.run_id = run_id
+        self.delivery = delivery
         self.worker = worker
         self.attempt = claim.attempt
         self.definition = claim.definition
@@ -214,8 +228,7 @@ class _RunExecution:
         self.failures: list[StepRecord] = []
         self.pending: StepRecord | None = None
         # No finally step may outlast the hard time limit: the final status must still be written.
-        hard_margin = celeryconfig.task_time_limit - celeryconfig.RUN_TIME_BUDGET - 1
-        self.hard_deadline = lease.budget_ends + max(0, hard_margin)
+        self.hard_deadline = lease.budget_ends + delivery.after_budget_seconds
 
     def execute(self) -> tuple[str | None, str, StepRecord | None]:
         """Run every step; return (run status, error text, the last, not yet stored, record).
@@ -248,7 +261,7 @@ class _RunExecution:
         if self.lease.reason == CANCELLED:
             return RunStatus.CANCELLED, CANCELLED, self.pending
         if self.lease.reason == TIME_LIMIT:
-            return RunStatus.ERROR, _time_limit_error(), self.pending
+            return RunStatus.ERROR, _time_limit_error(self.delivery), self.pending
         status = run_status_from_steps(self.statuses)
         error = "; ".join(f"{r.name}: {r.error}" for r in self.failures if r.error)
         return status, error, self.pending

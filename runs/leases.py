@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+import celeryconfig
 from runs.states import LeaseState, lease_state, renew_lease
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,23 @@ def worker_identity() -> str:
 
 @dataclass(frozen=True)
 class Delivery:
-    """The Celery message being executed: its task id and retry number."""
+    """The Celery message being executed: its task id, retry number and time limits (those
+    Celery enforces are the ones in the message)."""
 
     task_id: str = ""
     retries: int = 0
+    time_limit: float = celeryconfig.task_time_limit
+    soft_time_limit: float = celeryconfig.task_soft_time_limit
+
+    @property
+    def budget_seconds(self) -> float:
+        return celeryconfig.run_time_budget(self.time_limit, self.soft_time_limit)
+
+    @property
+    def after_budget_seconds(self) -> float:
+        """How long after the budget the finally steps may still run: up to a second before
+        the hard limit, leaving that second to store the final status."""
+        return max(0.0, self.time_limit - self.budget_seconds - 1)
 
 
 def _process_alive(pid: int) -> bool:

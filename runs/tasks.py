@@ -10,6 +10,7 @@ from celery.exceptions import Reject
 from django.db import DatabaseError, InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
+import celeryconfig
 from runs.deadletters import dead_letter_note, dead_letters_collect
 from runs.executor import DeliveryLimitReached, RunNotFound, run_execute
 from runs.leases import Delivery, worker_identity
@@ -36,7 +37,13 @@ def execute_run(self, run_id: int) -> str:
         _dead_letter(self, None, f"malformed run id {run_id!r}")
     # The task id and retry number let a retry of this message, in any process, take over the
     # claim its earlier try held (see runs.leases).
-    delivery = Delivery(task_id=self.request.id or "", retries=self.request.retries or 0)
+    hard, soft = self.request.timelimit or (None, None)
+    delivery = Delivery(
+        task_id=self.request.id or "",
+        retries=self.request.retries or 0,
+        time_limit=hard or celeryconfig.task_time_limit,
+        soft_time_limit=soft or hard or celeryconfig.task_soft_time_limit,
+    )
     try:
         return run_execute(run_id=run_id, worker=worker_identity(), delivery=delivery).value
     except (RunNotFound, DeliveryLimitReached) as exc:
