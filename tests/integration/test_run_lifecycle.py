@@ -18,6 +18,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+import celeryconfig
 from runs.models import TestRun
 from runs.services import run_cancel, run_start, runs_sweep
 from runs.states import RunStatus
@@ -307,3 +308,62 @@ def test_sweep_finishes_a_run_whose_worker_never_confirms_a_cancel():
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert "did not confirm" in run.error
+
+
+def in_progress_run(**fields) -> TestRun:
+    scenario = make_scenario([delay_step("first")])
+    now = timezone.now()
+    return TestRun.objects.create(
+        scenario=scenario,
+        definition=scenario.definition,
+        context={"payload": {}},
+        status=RunStatus.IN_PROGRESS,
+        attempt=1,
+        worker="otherhost:1",
+        started_at=now,
+        dispatched_at=now,
+        lease_expires_at=now + timedelta(seconds=1),
+        **fields,
+    )
+
+
+def test_api_cancel_of_a_running_run_is_accepted_and_shows_the_request(api_client):
+    run = in_progress_run()
+
+    response = api_client.post(f"/api/runs/{run.id}/cancel/")
+
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert body["status"] == "IN_PROGRESS" and body["cancel_requested_at"]
+    detail = api_client.get(f"/api/runs/{run.id}/").json()
+    assert detail["cancel_requested_at"] == body["cancel_requested_at"]
+    # Asked again: still accepted, the first request stands.
+    again = api_client.post(f"/api/runs/{run.id}/cancel/")
+    assert again.status_code == 202
+    assert again.json()["cancel_requested_at"] == body["cancel_requested_at"]
+    wait_for(lambda: runs_sweep()["cancelled"], message="the lease to lapse")  # settle it
+
+
+def test_api_cancel_of_a_queued_run_cancels_it_at_once(api_client):
+    scenario = make_scenario([delay_step("never")])
+    run = TestRun.objects.create(
+        scenario=scenario, definition=scenario.definition, context={"payload": {}}
+    )
+
+    response = api_client.post(f"/api/runs/{run.id}/cancel/")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "CANCELLED"
+
+
+def test_api_refuses_a_definition_that_could_outlast_the_time_limit(api_client, monkeypatch):
+    monkeypatch.setattr(celeryconfig, "RUN_TIME_BUDGET", 60.0)
+    definition = {"steps": [delay_step("ok", 1, timeout=30), delay_step("slow", 1, timeout=31)]}
+
+    response = api_client.post(
+        "/api/scenarios/", {"name": "too-slow", "definition": definition}, format="json"
+    )
+
+    assert response.status_code == 400
+    text = json.dumps(response.json())
+    assert "steps[1]" in text and "timeout" in text and "time limit of 60s" in text
