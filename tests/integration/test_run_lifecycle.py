@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 import celeryconfig
@@ -127,6 +128,7 @@ def test_cancel_stops_a_running_delay_at_once_runs_finally_and_ends_cancelled(wo
 
     assert run.status == RunStatus.CANCELLED
     assert took < 10, took  # the delay was 60 s
+    print(f"cancel of a running delay confirmed {took:.2f} s after it was asked")
     steps = {step.name: step for step in run.steps.all()}
     assert (steps["long wait"].status, steps["long wait"].error) == (
         "ERROR",
@@ -367,3 +369,21 @@ def test_api_refuses_a_definition_that_could_outlast_the_time_limit(api_client, 
     assert response.status_code == 400
     text = json.dumps(response.json())
     assert "steps[1]" in text and "timeout" in text and "time limit of 60s" in text
+
+
+def test_admin_cancel_of_a_running_run_says_it_was_asked_to_stop(admin_client):
+    run = in_progress_run()
+
+    page = admin_client.post(
+        reverse("admin:runs_testrun_changelist"),
+        {"action": "cancel_runs", "_selected_action": [run.id]},
+        follow=True,
+    )
+
+    assert page.status_code == 200
+    assert "asked to stop" in page.content.decode()
+    run.refresh_from_db()
+    assert run.status == RunStatus.IN_PROGRESS and run.cancel_requested_at is not None
+    detail = admin_client.get(reverse("admin:runs_testrun_change", args=[run.id]))
+    assert detail.status_code == 200
+    wait_for(lambda: runs_sweep()["cancelled"], message="the lease to lapse")  # settle it
