@@ -10,9 +10,12 @@ processes can never both win a transition; the loser sees 0 rows and backs off.
 
 A running run is not cancelled by the caller: ``cancel_requested_at`` asks its worker to stop,
 and the run becomes CANCELLED when the worker confirms (``finish_run``) or its lease lapses
-(the sweep). The raw SQL statements below are the hot path of a worker; each one's status
-condition is generated from ``ALLOWED_SOURCES`` (``_status_condition``), so the rules are
-written once, and ``RAW_SQL_TRANSITIONS`` lists them for the test that pins them to the table.
+(the sweep). A lapsed lease sends a run back to QUEUED only if it may execute again: not when a
+cancel was requested (CANCELLED) or its attempt's ``deadline_at`` passed (ERROR, time limit).
+
+The raw SQL statements below are the hot path of a worker; each one's status condition is
+generated from ``ALLOWED_SOURCES`` (``_status_condition``), so the rules are written once, and
+``RAW_SQL_TRANSITIONS`` lists them for the test that pins them to the table.
 """
 
 from __future__ import annotations
