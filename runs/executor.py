@@ -49,7 +49,15 @@ from runs.models import StepStatus, TestRun
 from runs.policies import DEFAULT_RETRY_INTERVAL, run_status_from_steps, step_retry_delay
 from runs.redaction import redact
 from runs.signals import run_finished
-from runs.states import STEP_COLUMNS, Claim, RunStatus, claim_run, finish_run, store_step
+from runs.states import (
+    STEP_COLUMNS,
+    Claim,
+    RunStatus,
+    claim_run,
+    finish_run,
+    lease_state,
+    store_step,
+)
 from runs.templating import TemplateError, render
 
 logger = logging.getLogger(__name__)
@@ -308,19 +316,23 @@ class _RunExecution:
     def _store_pending(self) -> None:
         if self.pending is None or self.lease.lost:
             return
-        stored = store_step(
+        state = store_step(
             self.run_id, worker=self.worker, attempt=self.attempt, step=self.pending.columns()
         )
         self.pending = None
-        if not stored:
-            self.lease.halt(LOST)
+        self.lease.note(state)
 
     def _still_owned(self) -> bool:
-        """Store what is pending and verify the claim; False when the run must stop."""
-        self._store_pending()
-        if self.lease.lost:
-            return False
-        return self.lease.verify()
+        """Verify the claim in the database; False when the run must stop.
+
+        Storing the pending step answers it in the same round trip; with nothing pending
+        (before a further try of a step) the claim is read.
+        """
+        if self.pending is not None:
+            self._store_pending()
+        elif not self.lease.lost:
+            self.lease.note(lease_state(self.run_id, worker=self.worker, attempt=self.attempt))
+        return not self.lease.reason
 
     def _render_variables(self) -> None:
         variables = {}

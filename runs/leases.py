@@ -7,7 +7,8 @@ statement conditional on the run still being IN_PROGRESS under that claim: renew
 storing a step (``FOR SHARE`` on the run row, so a takeover and a stale insert serialise) and
 finishing the run. A worker that was paused past its lease (SIGSTOP, a long GC, a frozen VM) and
 resumes is refused by the database; it also checks the claim before each step and before each
-try of a step (``Lease.verify``), so it sends nothing more once another worker took the run.
+try of a step (the executor's ``_still_owned``: storing the step before answers it, else the claim
+is read), so it sends nothing more once another worker took the run.
 
 **Who may claim a run that is IN_PROGRESS.** Another delivery of the same message is a duplicate
 while the claim is alive. It may take the run over when
@@ -159,11 +160,6 @@ class Lease:
             self.halt(LOST)
         elif state is LeaseState.CANCEL_REQUESTED:
             self.halt(CANCELLED)
-
-    def verify(self) -> bool:
-        """Renew the lease now, in the caller's thread; False when the run must not go on."""
-        self.note(_renew(self))
-        return not self.reason
 
 
 def _renew(lease: Lease) -> LeaseState:

@@ -166,17 +166,23 @@ INSERT INTO runs_stepresult (run_id, attempt, {", ".join(STEP_COLUMNS)})
 SELECT %(run_id)s, %(attempt)s, {", ".join(f"step.{name}" for name in STEP_COLUMNS)}
   FROM jsonb_populate_record(NULL::runs_stepresult, %(step)s::jsonb) AS step
 """
-# Stored only while the claim is held. FOR SHARE makes a concurrent takeover wait for this
+# Stored only while the claim is held, and answering whether it still is (and whether a cancel
+# was requested) in the same round trip. FOR SHARE makes a concurrent takeover wait for this
 # insert, or this insert see the takeover (READ COMMITTED re-checks the locked row): a stale
 # owner's step is refused by the database. A step already stored (the statement completed
 # just before a soft time limit interrupted its caller) is not stored twice.
 _STORE_STEP = PreparedStatement(
     "orchestra_store_step",
-    f"""{_STEP_INSERT}
- WHERE EXISTS (SELECT 1 FROM runs_testrun
-                WHERE id = %(run_id)s AND {_HELD}
-                  FOR SHARE)
+    f"""
+WITH held AS (
+    SELECT cancel_requested_at IS NOT NULL FROM runs_testrun
+     WHERE id = %(run_id)s AND {_HELD}
+       FOR SHARE
+), stored AS ({_STEP_INSERT}
+ WHERE EXISTS (SELECT 1 FROM held)
 ON CONFLICT (run_id, attempt, position) DO NOTHING
+)
+SELECT * FROM held
 """,
 )
 
@@ -216,18 +222,15 @@ def _isoformat(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def store_step(run_id: int, *, worker: str, attempt: int, step: dict[str, Any]) -> bool:
+def store_step(run_id: int, *, worker: str, attempt: int, step: dict[str, Any]) -> LeaseState:
     """Insert one StepResult row (``step`` maps each StepResult column to its value) if
-    ``worker``/``attempt`` still holds the run; False when the claim was lost."""
+    ``worker``/``attempt`` still holds the run; returns the claim's state (LOST: not stored)."""
     with connection.cursor() as cursor:
         _STORE_STEP.execute(
             cursor,
             {"run_id": run_id, "worker": worker, "attempt": attempt, "step": _step_json(step)},
         )
-        if cursor.rowcount == 1:
-            return True
-    # Nothing inserted: the claim is gone, or this very row was stored already.
-    return lease_state(run_id, worker=worker, attempt=attempt) is not LeaseState.LOST
+        return _state_of(cursor.fetchone())
 
 
 def finish_run(

@@ -54,7 +54,7 @@ def test_a_stale_owner_is_refused_by_the_database_once_another_worker_took_over(
     new = claim(run, "host:2")
     assert (old.attempt, new.attempt) == (1, 2)
 
-    assert store_step(run.id, worker="host:1", attempt=1, step=step()) is False
+    assert store_step(run.id, worker="host:1", attempt=1, step=step()) is LeaseState.LOST
     assert (
         renew_lease(run.id, worker="host:1", attempt=1, lease_seconds=60, cancel_grace=30)
         is LeaseState.LOST
@@ -62,7 +62,7 @@ def test_a_stale_owner_is_refused_by_the_database_once_another_worker_took_over(
     assert finish_run(run.id, to=RunStatus.PASSED, worker="host:1", attempt=1, error="") is False
     assert not StepResult.objects.exists()
 
-    assert store_step(run.id, worker="host:2", attempt=2, step=step()) is True
+    assert store_step(run.id, worker="host:2", attempt=2, step=step()) is LeaseState.HELD
     assert finish_run(run.id, to=RunStatus.PASSED, worker="host:2", attempt=2, error="") is True
     assert list(StepResult.objects.values_list("attempt", flat=True)) == [2]
 
@@ -74,8 +74,8 @@ def test_the_same_owner_with_an_older_attempt_is_refused_too(db):
     lapse(run)
     claim(run, "host:1")
 
-    assert store_step(run.id, worker="host:1", attempt=1, step=step()) is False
-    assert store_step(run.id, worker="host:1", attempt=2, step=step()) is True
+    assert store_step(run.id, worker="host:1", attempt=1, step=step()) is LeaseState.LOST
+    assert store_step(run.id, worker="host:1", attempt=2, step=step()) is LeaseState.HELD
 
 
 def test_a_retry_of_the_message_takes_over_its_live_claim_a_redelivery_does_not(db):
@@ -99,6 +99,11 @@ def test_a_cancel_request_shows_in_the_lease_and_is_confirmed_by_the_worker(db):
 
     state = renew_lease(run.id, worker="host:1", attempt=1, lease_seconds=60, cancel_grace=30)
     assert state is LeaseState.CANCEL_REQUESTED
+    # Storing a step answers the same question in the same round trip, and still stores it.
+    assert store_step(run.id, worker="host:1", attempt=1, step=step()) is (
+        LeaseState.CANCEL_REQUESTED
+    )
+    assert StepResult.objects.filter(run=run).count() == 1
     assert finish_run(run.id, to=RunStatus.CANCELLED, worker="host:1", attempt=1, error="x")
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
