@@ -299,7 +299,8 @@ class _RunExecution:
             if self.lease.lost:
                 return
             if time.monotonic() >= deadline:
-                reason = f"skipped: no time left for finally steps ({self.lease.reason})"
+                why = self.lease.reason or TIME_LIMIT
+                reason = f"skipped: no time left for finally steps ({why})"
                 self._record(self._skipped(position, step, True, reason))
                 continue
             self._record(self._run_step(position, step, is_cleanup=True, deadline=deadline))

@@ -139,6 +139,28 @@ def test_cancel_stops_a_running_delay_at_once_runs_finally_and_ends_cancelled(wo
     assert steps["clean up"].is_cleanup
 
 
+def test_finally_steps_after_a_cancel_get_only_the_grace(worker_factory):
+    worker = worker_factory("graceful", env={"ORCHESTRA_FINALLY_GRACE_SECONDS": "1"})
+    scenario = make_scenario(
+        [delay_step("long wait", 60, timeout=90)],
+        **{"finally": [delay_step("slow clean up", 20, timeout=30), delay_step("next")]},
+    )
+    run = run_start(scenario=scenario)
+    executing_pid(run, attempt=1, worker=worker)
+
+    run_cancel(run_id=run.id)
+    finished(run, timeout=15)
+
+    assert run.status == RunStatus.CANCELLED
+    slow, after = run.steps.filter(is_cleanup=True).order_by("position")
+    assert slow.status == "ERROR" and "deadline" in slow.error
+    assert slow.duration_ms < 3000  # 1 s of grace, not its 20 s
+    assert (after.status, after.error) == (
+        "SKIPPED",
+        "skipped: no time left for finally steps (cancelled)",
+    )
+
+
 def test_cancel_during_http_to_a_slow_target_closes_the_connection_early(worker_factory, target):
     url, log = target
     worker = worker_factory("http-canceller")
