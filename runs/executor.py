@@ -327,11 +327,11 @@ class _RunExecution:
         """Verify the claim in the database; False when the run must stop.
 
         Storing the pending step answers it in the same round trip; with nothing pending
-        (before a further try of a step) the claim is read.
+        (before a further try of a step) the claim is read, unless it was made a moment ago.
         """
         if self.pending is not None:
             self._store_pending()
-        elif not self.lease.lost:
+        elif not self.lease.lost and not self.lease.fresh():
             self.lease.note(lease_state(self.run_id, worker=self.worker, attempt=self.attempt))
         return not self.lease.reason
 

@@ -57,6 +57,8 @@ LOST = "lease lost"
 
 # How often the keeper looks for a cancel request or a lost claim between renewals.
 CHECK_INTERVAL = 1.0
+# Seconds after the claim during which the executor need not check it again.
+FRESH_CLAIM = 0.5
 # The keeper's own time budget check fires this much after the budget: Celery's soft time
 # limit, sent at the same moment, comes first and is the normal way a run is interrupted.
 BUDGET_BACKSTOP = 2.0
@@ -129,7 +131,7 @@ class Lease:
         self._seen: set[str] = set()
         self._cleaning = False
         self._lock = threading.Lock()
-        self.renewed = time.monotonic()
+        self.claimed = self.renewed = time.monotonic()
 
     @property
     def lost(self) -> bool:
@@ -154,6 +156,11 @@ class Lease:
             self.stop = threading.Event()
             if self.lost:
                 self.stop.set()
+
+    def fresh(self) -> bool:
+        """Claimed a moment ago: the claim itself is the check. The monotonic clock goes on
+        while a process is stopped, so a worker paused in between checks the database."""
+        return time.monotonic() - self.claimed < FRESH_CLAIM
 
     def note(self, state: LeaseState) -> None:
         if state is LeaseState.LOST:

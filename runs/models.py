@@ -80,8 +80,9 @@ class TestRun(models.Model):
     lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
     # The Celery message (task id, retry number) whose delivery holds the current claim: a retry
     # of that message may take the claim over at once (see runs.leases).
-    delivery_id = models.CharField(_("delivery"), max_length=255, blank=True)
-    delivery_retries = models.PositiveIntegerField(_("delivery retries"), default=0)
+    # Database defaults too: the queue's hand-off inserts runs in raw SQL.
+    delivery_id = models.CharField(_("delivery"), max_length=255, blank=True, db_default="")
+    delivery_retries = models.PositiveIntegerField(_("delivery retries"), default=0, db_default=0)
     deadline_at = models.DateTimeField(
         _("time limit"),
         null=True,
