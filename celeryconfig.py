@@ -88,8 +88,20 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 # Without this, the whole worker stops with "Unrecoverable error: PreconditionFailed".
 broker_channel_error_retry = True
 
+# The soft limit interrupts a run (it ends ERROR "time limit", its finally steps get what is left
+# before the hard limit); the hard limit kills the pool child. Celery stamps the publisher's limits
+# into each message, and the worker enforces those: every process must share these two values.
 task_soft_time_limit = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3540)
 task_time_limit = env_int("CELERY_TASK_TIME_LIMIT", 3600)
+
+
+def run_time_budget(time_limit: float, soft_time_limit: float) -> float:
+    """A run's time budget: the soft limit, always short of the hard one, so a run killed by the
+    hard limit is past its budget when its message comes back (and is not executed again)."""
+    return max(1.0, min(soft_time_limit, time_limit - 1))
+
+
+RUN_TIME_BUDGET = run_time_budget(task_time_limit, task_soft_time_limit)
 
 worker_hijack_root_logger = False
 worker_send_task_events = False

@@ -182,6 +182,9 @@ ORCHESTRA_PUBLISH_GRACE_SECONDS = env_float("ORCHESTRA_PUBLISH_GRACE_SECONDS", 1
 ORCHESTRA_SWEEP_INTERVAL_SECONDS = env_float("ORCHESTRA_SWEEP_INTERVAL_SECONDS", 5.0)
 # Stored response bodies are cut to this many characters.
 ORCHESTRA_MAX_STORED_BODY_CHARS = env_int("ORCHESTRA_MAX_STORED_BODY_CHARS", 4096)
+# After a cancel or a time limit, the finally steps run within this many seconds (after a soft
+# time limit also within what is left before the hard one).
+ORCHESTRA_FINALLY_GRACE_SECONDS = env_float("ORCHESTRA_FINALLY_GRACE_SECONDS", 30.0)
 # Timeout of a step that names none (seconds).
 ORCHESTRA_DEFAULT_STEP_TIMEOUT = env_float("ORCHESTRA_DEFAULT_STEP_TIMEOUT", 30.0)
 # Upper bound for steps in one scenario.

@@ -244,6 +244,8 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "attempt",
                     "worker",
                     "lease_expires_at",
+                    "deadline_at",
+                    "cancel_requested_at",
                     "queued_at",
                     "dispatched_at",
                     "started_at",
@@ -291,21 +293,36 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description=_("Cancel selected runs"), permissions=["operate"])
     def cancel_runs(self, request, queryset):
-        cancelled = 0
+        cancelled = requested = 0
         for run_id in queryset.values_list("id", flat=True):
             try:
-                services.run_cancel(run_id=run_id)
+                run = services.run_cancel(run_id=run_id)
             except services.RunConflict as exc:
                 self.message_user(request, str(exc), messages.WARNING)
             except TestRun.DoesNotExist:
                 continue
             else:
-                cancelled += 1
+                if run.is_finished:
+                    cancelled += 1
+                else:
+                    requested += 1
         if cancelled:
             self.message_user(
                 request,
                 ngettext("%(count)d run cancelled.", "%(count)d runs cancelled.", cancelled)
                 % {"count": cancelled},
+                messages.SUCCESS,
+            )
+        if requested:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d running run asked to stop; it is cancelled once its worker stops.",
+                    "%(count)d running runs asked to stop; each is cancelled once its worker "
+                    "stops.",
+                    requested,
+                )
+                % {"count": requested},
                 messages.SUCCESS,
             )
 

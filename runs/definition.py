@@ -15,9 +15,10 @@ from typing import Any
 from django.conf import settings
 from jsonschema import Draft202012Validator, ValidationError
 
+import celeryconfig
 from plugins.jsonpaths import JsonPathError, compile_path
 from plugins.registry import UnknownPlugin, get_plugin
-from runs.policies import MAX_RETRY_DELAY
+from runs.policies import DEFAULT_RETRY_INTERVAL, MAX_RETRY_DELAY, step_retry_delay
 from runs.templating import TemplateError, is_templated, referenced_names
 
 # Names every template may read besides variables and captures.
@@ -263,6 +264,7 @@ def validate_definition(definition: Any) -> None:
         else:
             problems += _step_problems(step, label, cleanup_known)
             cleanup_known |= set(step.get("capture", {}))
+    problems += _time_limit_problems(steps)
     if problems:
         raise DefinitionError(problems)
 
@@ -317,3 +319,38 @@ def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionPr
             except JsonPathError as exc:
                 problems.append(DefinitionProblem(f"{label}: expect.json.{expression}", str(exc)))
     return problems
+
+
+def _time_limit_problems(steps: list[tuple[str, int, dict]]) -> list[DefinitionProblem]:
+    """The step at which the longest a run could take passes the task's time budget.
+
+    Each step may take ``timeout`` per try, ``retry.attempts`` tries and the pauses between
+    them; the main steps and the ``finally`` steps run one after another. A run past the budget
+    would be stopped by the time limit every time, so it is refused when it is saved.
+    """
+    budget = celeryconfig.RUN_TIME_BUDGET
+    total = 0.0
+    for section, index, step in steps:
+        timeout = float(step.get("timeout", settings.ORCHESTRA_DEFAULT_STEP_TIMEOUT))
+        retry = step.get("retry", {})
+        attempts = retry.get("attempts", 1)
+        pauses = sum(
+            step_retry_delay(
+                interval=retry.get("interval", DEFAULT_RETRY_INTERVAL),
+                backoff=retry.get("backoff", 1.0),
+                failed_tries=failed,
+            )
+            for failed in range(1, attempts)
+        )
+        one_try, longest = total + timeout, total + timeout * attempts + pauses
+        if longest > budget:
+            field = "timeout" if one_try > budget or attempts == 1 else "retry.attempts"
+            return [
+                DefinitionProblem(
+                    f"{_step_label(section, index, step)}: {field}",
+                    f"the steps up to this one could take {longest:g}s, more than the task "
+                    f"time limit of {budget:g}s (CELERY_TASK_SOFT_TIME_LIMIT)",
+                )
+            ]
+        total = longest
+    return []

@@ -3,16 +3,24 @@
 The flow for one delivery of a run's message:
 
 1. claim the run (``states.claim_run``): a duplicate or stale delivery claims nothing and is
-   dropped; a run claimed more often than ``ORCHESTRA_MAX_DELIVERY_ATTEMPTS`` is given up;
-2. run the main steps, then the ``finally`` steps, holding the lease meanwhile; each step's
-   result is committed when the step ends (the last one together with the run's final status);
+   dropped; a run claimed more often than ``ORCHESTRA_MAX_DELIVERY_ATTEMPTS`` is given up, one
+   whose previous attempt ran out of time ends ERROR "time limit" without executing;
+2. run the main steps, then the ``finally`` steps, holding the lease meanwhile (fenced by the
+   claim, see ``runs.leases``); each step's result is committed when the step ends (the last one
+   together with the run's final status);
 3. write the final status, conditional on still owning the run, and send ``run_finished``.
+
+A cancel request, a lost claim or a time limit (Celery's soft limit, ``SoftTimeLimitExceeded``)
+interrupts the running step through ``StepContext.stop``. After a cancel or a time limit the
+``finally`` steps run within ``ORCHESTRA_FINALLY_GRACE_SECONDS`` (and before the hard limit), then
+the run ends CANCELLED or ERROR; after a lost claim the worker stops without another write.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,19 +29,36 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.jsonpaths import JsonPathError
 from plugins.registry import UnknownPlugin, get_plugin
-from runs.leases import lease_keeper, owner_is_gone
+from runs.leases import (
+    CANCELLED,
+    LOST,
+    TIME_LIMIT,
+    Delivery,
+    Lease,
+    finally_grace,
+    lease_keeper,
+    owner_is_gone,
+)
 from runs.models import StepStatus, TestRun
 from runs.policies import DEFAULT_RETRY_INTERVAL, run_status_from_steps, step_retry_delay
 from runs.redaction import redact, redacted_in_logs
 from runs.secrets import RunSecrets
 from runs.signals import run_finished
-from runs.states import STEP_COLUMNS, RunStatus, claim_run, finish_run, store_step
+from runs.states import (
+    STEP_COLUMNS,
+    Claim,
+    RunStatus,
+    claim_run,
+    finish_run,
+    lease_state,
+    store_step,
+)
 from runs.templating import TemplateError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +67,8 @@ logger = logging.getLogger(__name__)
 class Outcome(StrEnum):
     EXECUTED = "executed"
     DUPLICATE = "duplicate"  # finished already, or running under a live owner
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # a cancel requested earlier is confirmed without executing
+    LOST = "lost"  # the claim was lost (taken over, or finished by the sweep): nothing written
 
 
 class RunNotFound(LookupError):
@@ -77,18 +103,23 @@ class StepRecord:
         return {name: getattr(self, name) for name in STEP_COLUMNS}
 
 
-def run_execute(*, run_id: int, worker: str) -> Outcome:
+def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -> Outcome:
     """Claim and execute run ``run_id`` as ``worker``; see the module docstring."""
-    lease = settings.ORCHESTRA_RUN_LEASE_SECONDS
-    claim = claim_run(run_id, worker=worker, lease_seconds=lease)
+    delivery = delivery or Delivery()
+    claim_as = {
+        "worker": worker,
+        "lease_seconds": settings.ORCHESTRA_RUN_LEASE_SECONDS,
+        "budget_seconds": delivery.budget_seconds,
+        "delivery_id": delivery.task_id,
+        "delivery_retries": delivery.retries,
+    }
+    claim = claim_run(run_id, **claim_as)
     if claim is None:
         current = TestRun.objects.filter(id=run_id).values("status", "worker").first()
         if current is None:
             raise RunNotFound(f"run {run_id} does not exist")
         if current["status"] == RunStatus.IN_PROGRESS and owner_is_gone(current["worker"]):
-            claim = claim_run(
-                run_id, worker=worker, lease_seconds=lease, takeover_from=current["worker"]
-            )
+            claim = claim_run(run_id, **claim_as, takeover_from=current["worker"])
         if claim is None:
             logger.info("run %s: dropping duplicate delivery (%s)", run_id, current["status"])
             return Outcome.DUPLICATE
@@ -100,15 +131,54 @@ def run_execute(*, run_id: int, worker: str) -> Outcome:
         )
         _finish(run_id, worker, claim.attempt, RunStatus.ERROR, message, claim.context)
         raise DeliveryLimitReached(message)
+    # Neither executes again: the attempt before was killed at its time limit, or its cancel
+    # waits for a confirmation that its worker can no longer give.
+    if claim.out_of_time:
+        _finish(
+            run_id,
+            worker,
+            claim.attempt,
+            RunStatus.ERROR,
+            _time_limit_error(delivery),
+            claim.context,
+        )
+        return Outcome.EXECUTED
+    if claim.cancel_requested:
+        _finish(run_id, worker, claim.attempt, RunStatus.CANCELLED, CANCELLED, claim.context)
+        return Outcome.CANCELLED
 
-    with lease_keeper.hold(run_id, worker, claim.attempt):
-        executor = _RunExecution(run_id, claim.attempt, claim.definition, claim.context)
-        with redacted_in_logs(executor.secrets.values):
-            status, error, last_record = executor.execute()
-    finished = _finish(
-        run_id, worker, claim.attempt, status, error, claim.context, last_record=last_record
+    try:
+        with lease_keeper.hold(
+            run_id, worker, claim.attempt, budget_seconds=claim.budget_seconds
+        ) as lease:
+            executor = _RunExecution(run_id, worker, claim, lease, delivery)
+            with redacted_in_logs(executor.secrets.values):
+                status, error, last_record = executor.execute()
+        if status is None:
+            logger.warning("run %s: attempt %s lost its claim; stopped", run_id, claim.attempt)
+            return Outcome.LOST
+        finished = _finish(
+            run_id, worker, claim.attempt, status, error, claim.context, last_record=last_record
+        )
+    except SoftTimeLimitExceeded:
+        # The limit struck outside the steps (storing the final status): finish honestly; a
+        # run finished meanwhile is left alone by the conditional finish.
+        finished = _finish(
+            run_id,
+            worker,
+            claim.attempt,
+            RunStatus.ERROR,
+            _time_limit_error(delivery),
+            claim.context,
+        )
+    return Outcome.EXECUTED if finished else Outcome.LOST
+
+
+def _time_limit_error(delivery: Delivery) -> str:
+    return (
+        f"time limit: the run did not end within {delivery.budget_seconds:g} s "
+        "(CELERY_TASK_SOFT_TIME_LIMIT)"
     )
-    return Outcome.EXECUTED if finished else Outcome.CANCELLED
 
 
 def _finish(
@@ -137,76 +207,136 @@ def _finish(
     return finished
 
 
-def _run_is_cancelled(run_id: int) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT status FROM runs_testrun WHERE id = %s", [run_id])
-        row = cursor.fetchone()
-    return row is None or row[0] != RunStatus.IN_PROGRESS
-
-
 class _RunExecution:
-    """The steps of one attempt of one run."""
+    """The steps of one attempt of one run.
 
-    def __init__(self, run_id: int, attempt: int, definition: dict, context: dict) -> None:
+    Before each step and each try the claim is verified in the database; the lease's ``stop``
+    event (cancel, lost claim, time limit) interrupts the running step. After a cancel or a
+    time limit the ``finally`` steps still run, each within the finally grace; after a lost
+    claim nothing more is sent or written.
+    """
+
+    def __init__(
+        self, run_id: int, worker: str, claim: Claim, lease: Lease, delivery: Delivery
+    ) -> None:
         self.run_id = run_id
-        self.attempt = attempt
-        self.definition = definition
+        self.delivery = delivery
+        self.worker = worker
+        self.attempt = claim.attempt
+        self.definition = claim.definition
+        self.lease = lease
+        context = claim.context
         self.scope: dict[str, Any] = {
             "payload": context.get("payload", {}),
             "queueRecordId": context.get("queueRecordId"),
             "queueStartCount": context.get("queueStartCount"),
-            "run": {"id": run_id, "attempt": attempt},
+            "run": {"id": run_id, "attempt": claim.attempt},
             "credentials": settings.ORCHESTRA_CREDENTIALS,
         }
-        self.secrets = RunSecrets(settings.ORCHESTRA_CREDENTIALS, definition.get("secrets", []))
+        secret_names = claim.definition.get("secrets", [])
+        self.secrets = RunSecrets(settings.ORCHESTRA_CREDENTIALS, secret_names)
         self.statuses: list[str] = []
         self.failures: list[StepRecord] = []
         self.pending: StepRecord | None = None
+        # No finally step may outlast the hard time limit: the final status must still be written.
+        self.hard_deadline = lease.budget_ends + delivery.after_budget_seconds
 
-    def execute(self) -> tuple[str, str, StepRecord | None]:
-        """Run every step; return (run status, error text, the last, not yet stored, record)."""
+    def execute(self) -> tuple[str | None, str, StepRecord | None]:
+        """Run every step; return (run status, error text, the last, not yet stored, record).
+
+        The status is None when the claim was lost: the caller writes nothing.
+        """
         try:
             self._render_variables()
         except TemplateError as exc:
             return RunStatus.ERROR, redact(f"variables: {exc}", self.secrets.values), None
 
         steps = self.definition["steps"]
-        cleanup = self.definition.get("finally", [])
-        stop_reason = ""
-        for position, step in enumerate(steps):
-            if stop_reason:
-                self._record(self._skipped(position, step, False, stop_reason))
-                continue
-            if position and self._stop_requested():
-                return RunStatus.CANCELLED, "cancelled", self.pending
-            record = self._run_step(position, step, is_cleanup=False)
-            self._record(record)
-            if record.status != StepStatus.PASSED and not step.get("continue_on_failure"):
-                stop_reason = f"skipped: step {step['name']!r} {record.status.lower()}"
-        for offset, step in enumerate(cleanup):
-            if self._stop_requested():
-                return RunStatus.CANCELLED, "cancelled", self.pending
-            self._record(self._run_step(len(steps) + offset, step, is_cleanup=True))
+        try:
+            self._run_main_steps(steps)
+        except SoftTimeLimitExceeded:
+            self.lease.halt(TIME_LIMIT)
+        halted = self.lease.reason
+        if halted == LOST:
+            return None, LOST, None
+        cleanup_deadline = self.hard_deadline
+        if halted:
+            cleanup_deadline = min(self.hard_deadline, time.monotonic() + finally_grace())
+        try:
+            self._run_cleanup_steps(len(steps), cleanup_deadline)
+        except SoftTimeLimitExceeded:
+            self.lease.halt(TIME_LIMIT)
+        if self.lease.lost:
+            return None, LOST, None
 
+        if self.lease.reason == CANCELLED:
+            return RunStatus.CANCELLED, CANCELLED, self.pending
+        if self.lease.reason == TIME_LIMIT:
+            return RunStatus.ERROR, _time_limit_error(self.delivery), self.pending
         status = run_status_from_steps(self.statuses)
         error = "; ".join(f"{r.name}: {r.error}" for r in self.failures if r.error)
         return status, error, self.pending
 
+    def _run_main_steps(self, steps: list[dict]) -> None:
+        skip_reason = ""
+        for position, step in enumerate(steps):
+            if not skip_reason and not self._still_owned():
+                skip_reason = f"skipped: run stopped ({self.lease.reason})"
+            if self.lease.lost:
+                return
+            if skip_reason:
+                self._record(self._skipped(position, step, False, skip_reason))
+                continue
+            record = self._run_step(position, step, is_cleanup=False)
+            self._record(record)
+            if self.lease.reason:
+                skip_reason = f"skipped: run stopped ({self.lease.reason})"
+            elif record.status != StepStatus.PASSED and not step.get("continue_on_failure"):
+                skip_reason = f"skipped: step {step['name']!r} {record.status.lower()}"
+
+    def _run_cleanup_steps(self, first_position: int, deadline: float) -> None:
+        self.lease.for_cleanup()
+        for offset, step in enumerate(self.definition.get("finally", [])):
+            position = first_position + offset
+            self._still_owned()
+            if self.lease.lost:
+                return
+            if time.monotonic() >= deadline:
+                why = self.lease.reason or TIME_LIMIT
+                reason = f"skipped: no time left for finally steps ({why})"
+                self._record(self._skipped(position, step, True, reason))
+                continue
+            self._record(self._run_step(position, step, is_cleanup=True, deadline=deadline))
+
     def _record(self, record: StepRecord) -> None:
         # Every step is committed when the next one starts; the last is stored with the final
         # status by the caller, saving one commit per run.
-        if self.pending is not None:
-            store_step(self.run_id, attempt=self.attempt, step=self.pending.columns())
+        self._store_pending()
         self.pending = record
         self.statuses.append(record.status)
         if record.status in (StepStatus.FAILED, StepStatus.ERROR):
             self.failures.append(record)
 
-    def _stop_requested(self) -> bool:
+    def _store_pending(self) -> None:
+        if self.pending is None or self.lease.lost:
+            return
+        state = store_step(
+            self.run_id, worker=self.worker, attempt=self.attempt, step=self.pending.columns()
+        )
+        self.pending = None
+        self.lease.note(state)
+
+    def _still_owned(self) -> bool:
+        """Verify the claim in the database; False when the run must stop.
+
+        Storing the pending step answers it in the same round trip; with nothing pending
+        (before a further try of a step) the claim is read, unless it was made a moment ago.
+        """
         if self.pending is not None:
-            store_step(self.run_id, attempt=self.attempt, step=self.pending.columns())
-            self.pending = None
-        return lease_keeper.lost or _run_is_cancelled(self.run_id)
+            self._store_pending()
+        elif not self.lease.lost and not self.lease.fresh():
+            self.lease.note(lease_state(self.run_id, worker=self.worker, attempt=self.attempt))
+        return not self.lease.reason
 
     def _render_variables(self) -> None:
         variables = {}
@@ -219,31 +349,19 @@ class _RunExecution:
             position, step["name"], step["plugin"], is_cleanup, StepStatus.SKIPPED, error=reason
         )
 
-    def _run_step(self, position: int, step: dict, *, is_cleanup: bool) -> StepRecord:
-        retry = step.get("retry", {})
-        max_tries = retry.get("attempts", 1)
-        interval = retry.get("interval", DEFAULT_RETRY_INTERVAL)
-        backoff = retry.get("backoff", 1.0)
+    def _run_step(
+        self, position: int, step: dict, *, is_cleanup: bool, deadline: float | None = None
+    ) -> StepRecord:
         timeout = float(step.get("timeout", settings.ORCHESTRA_DEFAULT_STEP_TIMEOUT))
+        cap = math.inf if deadline is None else deadline
         record = StepRecord(position, step["name"], step["plugin"], is_cleanup, StepStatus.ERROR)
         record.started_at = timezone.now()
         started = time.monotonic()
-        for try_number in range(1, max_tries + 1):
-            try_started = time.monotonic()
-            retryable = self._try_step(step, record, timeout)
-            record.tries.append(
-                {
-                    "try": try_number,
-                    "status": record.status,
-                    "duration_ms": round((time.monotonic() - try_started) * 1000, 2),
-                    "error": record.error,
-                }
-            )
-            if record.status == StepStatus.PASSED or not retryable or try_number == max_tries:
-                break
-            time.sleep(
-                step_retry_delay(interval=interval, backoff=backoff, failed_tries=try_number)
-            )
+        try:
+            self._tries(step, record, timeout, cap)
+        except SoftTimeLimitExceeded:
+            self.lease.halt(TIME_LIMIT)
+            record.status, record.error = StepStatus.ERROR, f"interrupted: {TIME_LIMIT}"
         record.finished_at = timezone.now()
         record.duration_ms = round((time.monotonic() - started) * 1000, 2)
         if record.status == StepStatus.PASSED:
@@ -255,7 +373,37 @@ class _RunExecution:
             setattr(record, name, value)
         return record
 
-    def _try_step(self, step: dict, record: StepRecord, timeout: float) -> bool:
+    def _tries(self, step: dict, record: StepRecord, timeout: float, cap: float) -> None:
+        """The tries of one step under its ``retry`` policy, each ending by ``cap`` at the latest;
+        the claim is verified before every try after the first, a stop ends them at once."""
+        retry = step.get("retry", {})
+        max_tries = retry.get("attempts", 1)
+        interval = retry.get("interval", DEFAULT_RETRY_INTERVAL)
+        backoff = retry.get("backoff", 1.0)
+        for try_number in range(1, max_tries + 1):
+            try_started = time.monotonic()
+            retryable = self._try_step(step, record, timeout, min(cap, try_started + timeout))
+            stop = self.lease.stop
+            if stop.is_set():
+                record.status, record.error = StepStatus.ERROR, f"interrupted: {self.lease.reason}"
+            record.tries.append(
+                {
+                    "try": try_number,
+                    "status": record.status,
+                    "duration_ms": round((time.monotonic() - try_started) * 1000, 2),
+                    "error": record.error,
+                }
+            )
+            if record.status == StepStatus.PASSED or not retryable or try_number == max_tries:
+                return
+            if stop.is_set():
+                return
+            wait = step_retry_delay(interval=interval, backoff=backoff, failed_tries=try_number)
+            if stop.wait(min(wait, max(0.0, cap - time.monotonic()))) or not self._still_owned():
+                record.error = f"interrupted: {self.lease.reason}"
+                return
+
+    def _try_step(self, step: dict, record: StepRecord, timeout: float, deadline: float) -> bool:
         """One try; fills ``record`` and returns whether another try may change the outcome."""
         record.request, record.response, record.captures, record.assertions = {}, {}, {}, []
         try:
@@ -268,7 +416,12 @@ class _RunExecution:
             if problems:
                 raise PluginError("; ".join(problems))
             context = StepContext(
-                run_id=self.run_id, step_name=step["name"], timeout=timeout, credentials_sent=sent
+                run_id=self.run_id,
+                step_name=step["name"],
+                timeout=timeout,
+                deadline=deadline,
+                stop=self.lease.stop,
+                credentials_sent=sent,
             )
             result = plugin.execute(params, context)
             record.request, record.response = result.request, result.response

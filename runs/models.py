@@ -78,6 +78,23 @@ class TestRun(models.Model):
         _("process code"), max_length=255, blank=True, help_text=_("host:pid of the executor.")
     )
     lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
+    # The Celery message (task id, retry number) whose delivery holds the current claim: a retry
+    # of that message may take the claim over at once (see runs.leases).
+    # Database defaults too: the queue's hand-off inserts runs in raw SQL.
+    delivery_id = models.CharField(_("delivery"), max_length=255, blank=True, db_default="")
+    delivery_retries = models.PositiveIntegerField(_("delivery retries"), default=0, db_default=0)
+    deadline_at = models.DateTimeField(
+        _("time limit"),
+        null=True,
+        blank=True,
+        help_text=_("When the current attempt's time budget ends (the task's time limit)."),
+    )
+    cancel_requested_at = models.DateTimeField(
+        _("cancel requested"),
+        null=True,
+        blank=True,
+        help_text=_("A running run stays in progress until its worker confirms the cancel."),
+    )
     queued_at = models.DateTimeField(_("queued"), auto_now_add=True, db_index=True)
     dispatched_at = models.DateTimeField(_("published"), null=True, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)

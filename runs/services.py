@@ -208,36 +208,53 @@ def run_rerun(*, run_id: int) -> TestRun:
 
 
 def run_cancel(*, run_id: int) -> TestRun:
-    """Cancel a run: a queued one never starts, a running one stops before its next step.
+    """Cancel a run: a queued one becomes CANCELLED at once and never starts; a running one is
+    asked to stop (``cancel_requested_at``) and stays IN_PROGRESS until it has really stopped.
 
-    Raises ``TestRun.DoesNotExist`` or :class:`RunConflict` when the run already finished.
+    Its worker interrupts the running step, runs the ``finally`` steps within the finally grace
+    and finishes the run CANCELLED; if it cannot (dead, paused), its lease lapses and
+    ``runs_sweep`` cancels it. ``run_finished`` fires with CANCELLED only then, so it always
+    means "stopped". Raises ``TestRun.DoesNotExist`` or :class:`RunConflict` when the run
+    already finished.
     """
     run = TestRun.objects.get(id=run_id)
     cancelled = transition_run(
         run_id,
         to=RunStatus.CANCELLED,
+        sources={RunStatus.QUEUED},
         finished_at=Now(),
         lease_expires_at=None,
+        cancel_requested_at=Now(),
         error="cancelled",
     )
-    if not cancelled:
-        run.refresh_from_db()
-        raise RunConflict(f"run {run_id} is {run.status} and cannot be cancelled")
-    transaction.on_commit(
-        lambda: run_finished.send(
-            sender=TestRun, run_id=run_id, status=RunStatus.CANCELLED, context=run.context
-        )
-    )
+    if cancelled:
+        _announce_finished(run_id, RunStatus.CANCELLED, run.context)
+    else:
+        # Asking twice changes nothing: the first request's time bounds the grace.
+        TestRun.objects.filter(
+            id=run_id, status=RunStatus.IN_PROGRESS, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=Now())
     run.refresh_from_db()
+    if run.status != RunStatus.CANCELLED and run.cancel_requested_at is None:
+        raise RunConflict(f"run {run_id} is {run.status} and cannot be cancelled")
     return run
 
 
+def _announce_finished(run_id: int, status: str, context: dict[str, Any]) -> None:
+    transaction.on_commit(
+        lambda: run_finished.send(sender=TestRun, run_id=run_id, status=status, context=context)
+    )
+
+
 def runs_sweep() -> dict[str, int]:
-    """Repair runs whose message went missing; safe to run anywhere, any number of times.
+    """Repair runs whose message or worker went missing; safe to run anywhere, any number of
+    times.
 
     - QUEUED runs never published (crash between commit and publish) are published;
-    - IN_PROGRESS runs whose lease lapsed (their worker died unnoticed, e.g. a whole host) go
-      back to QUEUED and are published again; the next claim counts the attempt.
+    - IN_PROGRESS runs whose lease lapsed (their worker died or froze unnoticed, e.g. a whole
+      host) are finished when they must not execute again: CANCELLED when a cancel was
+      requested, ERROR when their attempt's time budget is spent (a hard time limit killed it);
+      the others go back to QUEUED and are published again; the next claim counts the attempt.
     Duplicated messages are harmless: the claim lets only one delivery execute a run.
     """
     grace = timezone.now() - timedelta(seconds=settings.ORCHESTRA_PUBLISH_GRACE_SECONDS)
@@ -246,25 +263,47 @@ def runs_sweep() -> dict[str, int]:
             status=RunStatus.QUEUED, dispatched_at__isnull=True, queued_at__lt=grace
         ).order_by("id")[:1000]
     )
-    lapsed_ids = list(
-        TestRun.objects.filter(
-            status=RunStatus.IN_PROGRESS, lease_expires_at__lt=Now()
-        ).values_list("id", flat=True)[:1000]
+    lapsed = list(
+        TestRun.objects.filter(status=RunStatus.IN_PROGRESS, lease_expires_at__lt=Now()).values(
+            "id", "context"
+        )[:1000]
     )
-    requeued = [
-        run_id
-        for run_id in lapsed_ids
+    ended = {"cancelled": 0, "timed_out": 0}
+    requeued = []
+    for run in lapsed:
+        lapsed_lease = {"where_lease_expires_at__lt": Now(), "sources": {RunStatus.IN_PROGRESS}}
+        finished = {"finished_at": Now(), "lease_expires_at": None}
         if transition_run(
-            run_id,
-            to=RunStatus.QUEUED,
-            where_lease_expires_at__lt=Now(),
-            dispatched_at=None,
-        )
-    ]
+            run["id"],
+            to=RunStatus.CANCELLED,
+            where_cancel_requested_at__isnull=False,
+            error="cancelled (its worker did not confirm before its lease lapsed)",
+            **lapsed_lease,
+            **finished,
+        ):
+            ended["cancelled"] += 1
+            _announce_finished(run["id"], RunStatus.CANCELLED, run["context"])
+        elif transition_run(
+            run["id"],
+            to=RunStatus.ERROR,
+            where_deadline_at__lt=Now(),
+            error="time limit: the worker executing it was lost at its time limit",
+            **lapsed_lease,
+            **finished,
+        ):
+            ended["timed_out"] += 1
+            _announce_finished(run["id"], RunStatus.ERROR, run["context"])
+        elif transition_run(run["id"], to=RunStatus.QUEUED, dispatched_at=None, **lapsed_lease):
+            requeued.append(run["id"])
     requeued_runs = list(TestRun.objects.filter(id__in=requeued))
     runs_publish(unpublished + requeued_runs)
-    if unpublished or requeued:
+    if unpublished or requeued or any(ended.values()):
         logger.warning(
-            "sweep republished %d unpublished and %d lapsed runs", len(unpublished), len(requeued)
+            "sweep republished %d unpublished and %d lapsed runs; finished %d cancelled and "
+            "%d timed out",
+            len(unpublished),
+            len(requeued),
+            ended["cancelled"],
+            ended["timed_out"],
         )
-    return {"republished": len(unpublished), "requeued": len(requeued)}
+    return {"republished": len(unpublished), "requeued": len(requeued), **ended}

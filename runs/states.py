@@ -7,6 +7,15 @@ processes can never both win a transition; the loser sees 0 rows and backs off.
        │                  │  └──lease lost──> QUEUED (republished by the sweep)
        └──> CANCELLED <───┘
     QUEUED ──> ERROR (gave up: delivered too often)
+
+A running run is not cancelled by the caller: ``cancel_requested_at`` asks its worker to stop,
+and the run becomes CANCELLED when the worker confirms (``finish_run``) or its lease lapses
+(the sweep). A lapsed lease sends a run back to QUEUED only if it may execute again: not when a
+cancel was requested (CANCELLED) or its attempt's ``deadline_at`` passed (ERROR, time limit).
+
+The raw SQL statements below are the hot path of a worker; each one's status condition is
+generated from ``ALLOWED_SOURCES`` (``_status_condition``), so the rules are written once, and
+``RAW_SQL_TRANSITIONS`` lists them for the test that pins them to the table.
 """
 
 from __future__ import annotations
@@ -14,13 +23,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from django.db import connection, models
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.prepared import PreparedStatement
-from orchestra.transitions import IllegalTransition, conditional_transition
+from orchestra.transitions import IllegalTransition, conditional_transition, sources_sql
 
 
 class RunStatus(models.TextChoices):
@@ -64,28 +74,71 @@ def transition_run(
     )
 
 
+def _status_condition(to: str, source: str | None = None) -> str:
+    """``status IN (...)`` of the transition to ``to``: every source ALLOWED_SOURCES allows, or
+    only ``source``, which must be one of them (checked when the module loads)."""
+    table = ALLOWED_SOURCES
+    if source is not None:
+        if source not in ALLOWED_SOURCES.get(to, ()):
+            raise IllegalTransition(f"{source} -> {to} is not allowed")
+        table = {to: frozenset({source})}
+    return sources_sql(table, to)
+
+
+# A worker's claim: owner (``worker``) and ``attempt``. Renewing the lease, storing a step and
+# finishing the run are all IN_PROGRESS -> ... transitions of the claim's holder only.
+_HELD = f"""{_status_condition(RunStatus.IN_PROGRESS, RunStatus.IN_PROGRESS)}
+   AND worker = %(worker)s AND attempt = %(attempt)s"""
+
+
+class LeaseState(StrEnum):
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel requested"
+    LOST = "lost"
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A run this worker now owns, with what it needs to execute it."""
+    """A run this worker now owns, with what it needs to execute it.
+
+    ``budget_seconds`` is what is left of this attempt's time budget (on the database clock);
+    ``out_of_time`` says an earlier attempt used it all up (a hard time limit killed it), and
+    ``cancel_requested`` that a cancel waits for a confirmation: neither may execute.
+    """
 
     run_id: int
     attempt: int
     definition: dict[str, Any]
     context: dict[str, Any]
+    budget_seconds: float = 0.0
+    out_of_time: bool = False
+    cancel_requested: bool = False
 
 
+# Claimable: QUEUED; or IN_PROGRESS when its lease lapsed, its owner is known to be dead
+# (takeover_from), or its claim is held by an earlier try of this very message (a Celery retry
+# is published only after that try ended: see runs.leases). An attempt whose deadline passed
+# keeps it, so the claim reports it out of time instead of granting a fresh budget.
 _CLAIM = PreparedStatement(
     "orchestra_claim_run",
-    """
+    f"""
 UPDATE runs_testrun
    SET status = 'IN_PROGRESS', attempt = attempt + 1, worker = %(worker)s,
        lease_expires_at = now() + make_interval(secs => %(lease)s),
-       started_at = COALESCE(started_at, now())
+       started_at = COALESCE(started_at, now()),
+       delivery_id = %(delivery_id)s, delivery_retries = %(delivery_retries)s,
+       deadline_at = CASE WHEN status = 'IN_PROGRESS' AND deadline_at < now() THEN deadline_at
+                          ELSE now() + make_interval(secs => %(budget)s) END
  WHERE id = %(run_id)s
+   AND {_status_condition(RunStatus.IN_PROGRESS)}
    AND (status = 'QUEUED'
-        OR (status = 'IN_PROGRESS'
-            AND (lease_expires_at < now() OR worker = %(takeover_from)s)))
-RETURNING attempt, definition, context
+        OR lease_expires_at < now()
+        OR worker = %(takeover_from)s
+        OR (delivery_id <> '' AND delivery_id = %(delivery_id)s
+            AND delivery_retries < %(delivery_retries)s))
+RETURNING attempt, definition, context,
+          GREATEST(0, EXTRACT(EPOCH FROM deadline_at - now()))::float8,
+          cancel_requested_at IS NOT NULL
 """,
 )
 
@@ -113,24 +166,48 @@ INSERT INTO runs_stepresult (run_id, attempt, {", ".join(STEP_COLUMNS)})
 SELECT %(run_id)s, %(attempt)s, {", ".join(f"step.{name}" for name in STEP_COLUMNS)}
   FROM jsonb_populate_record(NULL::runs_stepresult, %(step)s::jsonb) AS step
 """
-_STORE_STEP = PreparedStatement("orchestra_store_step", _STEP_INSERT)
-
-# The final transition and the last step's result in one statement: one round trip, one
-# commit, and the step is stored only if this worker still owned the run.
-_FINISH = PreparedStatement(
-    "orchestra_finish_run",
+# Stored only while the claim is held, and answering whether it still is (and whether a cancel
+# was requested) in the same round trip. FOR SHARE makes a concurrent takeover wait for this
+# insert, or this insert see the takeover (READ COMMITTED re-checks the locked row): a stale
+# owner's step is refused by the database. A step already stored (the statement completed
+# just before a soft time limit interrupted its caller) is not stored twice.
+_STORE_STEP = PreparedStatement(
+    "orchestra_store_step",
     f"""
+WITH held AS (
+    SELECT cancel_requested_at IS NOT NULL FROM runs_testrun
+     WHERE id = %(run_id)s AND {_HELD}
+       FOR SHARE
+), stored AS ({_STEP_INSERT}
+ WHERE EXISTS (SELECT 1 FROM held)
+ON CONFLICT (run_id, attempt, position) DO NOTHING
+)
+SELECT * FROM held
+""",
+)
+
+# The final transitions a worker makes: one statement per target status, each generated from
+# ALLOWED_SOURCES. The final status and the last step's result in one statement: one round
+# trip, one commit, and the step is stored only if this worker still held the claim.
+_FINISHED_BY_WORKER = (RunStatus.PASSED, RunStatus.FAILED, RunStatus.ERROR, RunStatus.CANCELLED)
+_FINISH = {
+    to: PreparedStatement(
+        f"orchestra_finish_run_{to.lower()}",
+        f"""
 WITH finished AS (
     UPDATE runs_testrun
-       SET status = %(to)s, finished_at = now(), lease_expires_at = NULL, error = %(error)s
-     WHERE id = %(run_id)s AND status = 'IN_PROGRESS' AND worker = %(worker)s
-       AND attempt = %(attempt)s
+       SET status = '{to}', finished_at = now(), lease_expires_at = NULL, error = %(error)s
+     WHERE id = %(run_id)s
+       AND {_status_condition(to, RunStatus.IN_PROGRESS)}
+       AND worker = %(worker)s AND attempt = %(attempt)s
     RETURNING id
 ), step AS ({_STEP_INSERT}
  WHERE %(step)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM finished))
 SELECT count(*) FROM finished
 """,
-)
+    )
+    for to in _FINISHED_BY_WORKER
+}
 
 
 def _step_json(step: dict[str, Any] | None) -> str | None:
@@ -145,12 +222,15 @@ def _isoformat(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def store_step(run_id: int, *, attempt: int, step: dict[str, Any]) -> None:
-    """Insert one StepResult row (``step`` maps each StepResult column to its value)."""
+def store_step(run_id: int, *, worker: str, attempt: int, step: dict[str, Any]) -> LeaseState:
+    """Insert one StepResult row (``step`` maps each StepResult column to its value) if
+    ``worker``/``attempt`` still holds the run; returns the claim's state (LOST: not stored)."""
     with connection.cursor() as cursor:
         _STORE_STEP.execute(
-            cursor, {"run_id": run_id, "attempt": attempt, "step": _step_json(step)}
+            cursor,
+            {"run_id": run_id, "worker": worker, "attempt": attempt, "step": _step_json(step)},
         )
+        return _state_of(cursor.fetchone())
 
 
 def finish_run(
@@ -164,31 +244,38 @@ def finish_run(
 ) -> bool:
     """IN_PROGRESS -> ``to`` for the owner ``worker``/``attempt``, storing ``last_step`` with it.
 
-    False when the run is no longer this attempt's (cancelled, or taken over after a lost
-    lease): then nothing is written.
+    False when the run is no longer this attempt's (taken over after a lost lease, or finished
+    by the sweep): then nothing is written.
     """
-    if RunStatus.IN_PROGRESS not in ALLOWED_SOURCES.get(to, ()):
-        raise IllegalTransition(f"IN_PROGRESS -> {to} is not allowed")
+    if to not in _FINISH:
+        raise IllegalTransition(f"IN_PROGRESS -> {to} is not a worker's transition")
     params = {
         "run_id": run_id,
-        "to": to,
         "worker": worker,
         "attempt": attempt,
         "error": error,
         "step": _step_json(last_step),
     }
     with connection.cursor() as cursor:
-        _FINISH.execute(cursor, params)
+        _FINISH[to].execute(cursor, params)
         return cursor.fetchone()[0] == 1
 
 
 def claim_run(
-    run_id: int, *, worker: str, lease_seconds: float, takeover_from: str = ""
+    run_id: int,
+    *,
+    worker: str,
+    lease_seconds: float,
+    budget_seconds: float,
+    takeover_from: str = "",
+    delivery_id: str = "",
+    delivery_retries: int = 0,
 ) -> Claim | None:
-    """QUEUED (or IN_PROGRESS with a lapsed lease) -> IN_PROGRESS, owned by ``worker``.
+    """QUEUED (or IN_PROGRESS, see ``_CLAIM``) -> IN_PROGRESS, owned by ``worker``.
 
     ``takeover_from`` names an owner known to be dead, whose live-looking lease may be taken
-    over. One statement, so of two workers holding the same message only one can win.
+    over; ``delivery_id``/``delivery_retries`` identify the message being executed. One
+    statement, so of two workers holding the same message only one can win.
     """
     with connection.cursor() as cursor:
         _CLAIM.execute(
@@ -197,14 +284,25 @@ def claim_run(
                 "run_id": run_id,
                 "worker": worker,
                 "lease": lease_seconds,
+                "budget": budget_seconds,
                 "takeover_from": takeover_from or None,
+                "delivery_id": delivery_id,
+                "delivery_retries": delivery_retries,
             },
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    attempt, definition, context = row
-    return Claim(run_id, attempt, _json(definition), _json(context))
+    attempt, definition, context, budget, cancel_requested = row
+    return Claim(
+        run_id,
+        attempt,
+        _json(definition),
+        _json(context),
+        budget_seconds=budget,
+        out_of_time=budget <= 0,
+        cancel_requested=cancel_requested,
+    )
 
 
 def _json(value: Any) -> Any:
@@ -212,18 +310,62 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-_RENEW_SQL = """
+# The lease is extended only while the claim is held, and after a cancel request only for the
+# finally grace (``cancel_grace``): a worker that does not confirm in time loses the lease, and
+# the sweep cancels the run.
+_RENEW = PreparedStatement(
+    "orchestra_renew_lease",
+    f"""
 UPDATE runs_testrun SET lease_expires_at = now() + make_interval(secs => %(lease)s)
- WHERE id = %(run_id)s AND status = 'IN_PROGRESS' AND worker = %(worker)s
-   AND attempt = %(attempt)s
-"""
+ WHERE id = %(run_id)s AND {_HELD}
+   AND (cancel_requested_at IS NULL
+        OR cancel_requested_at > now() - make_interval(secs => %(cancel_grace)s))
+RETURNING cancel_requested_at IS NOT NULL
+""",
+)
+_LEASE_STATE = PreparedStatement(
+    "orchestra_lease_state",
+    f"""
+SELECT cancel_requested_at IS NOT NULL FROM runs_testrun
+ WHERE id = %(run_id)s AND {_HELD}
+""",
+)
 
 
-def renew_lease(run_id: int, *, worker: str, attempt: int, lease_seconds: float) -> bool:
-    """Extend the lease of a run this worker still owns; False when it lost it (or cancelled)."""
+def _state_of(row: tuple | None) -> LeaseState:
+    if row is None:
+        return LeaseState.LOST
+    return LeaseState.CANCEL_REQUESTED if row[0] else LeaseState.HELD
+
+
+def renew_lease(
+    run_id: int, *, worker: str, attempt: int, lease_seconds: float, cancel_grace: float
+) -> LeaseState:
+    """Extend the lease of a run this worker holds; LOST when the claim is gone."""
+    params = {
+        "run_id": run_id,
+        "worker": worker,
+        "attempt": attempt,
+        "lease": lease_seconds,
+        "cancel_grace": cancel_grace,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(
-            _RENEW_SQL,
-            {"run_id": run_id, "worker": worker, "attempt": attempt, "lease": lease_seconds},
-        )
-        return cursor.rowcount == 1
+        _RENEW.execute(cursor, params)
+        return _state_of(cursor.fetchone())
+
+
+def lease_state(run_id: int, *, worker: str, attempt: int) -> LeaseState:
+    """Whether ``worker``/``attempt`` still holds the run (read only, for frequent checks)."""
+    with connection.cursor() as cursor:
+        _LEASE_STATE.execute(cursor, {"run_id": run_id, "worker": worker, "attempt": attempt})
+        return _state_of(cursor.fetchone())
+
+
+# Every raw statement that changes or depends on a run's status: (statement, target status).
+RAW_SQL_TRANSITIONS: list[tuple[str, str]] = [
+    (_CLAIM.sql, RunStatus.IN_PROGRESS),
+    (_STORE_STEP.sql, RunStatus.IN_PROGRESS),
+    (_RENEW.sql, RunStatus.IN_PROGRESS),
+    (_LEASE_STATE.sql, RunStatus.IN_PROGRESS),
+    *((statement.sql, to) for to, statement in _FINISH.items()),
+]

@@ -10,9 +10,10 @@ from celery.exceptions import Reject
 from django.db import DatabaseError, InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
+import celeryconfig
 from runs.deadletters import dead_letter_note, dead_letters_collect
 from runs.executor import DeliveryLimitReached, RunNotFound, run_execute
-from runs.leases import worker_identity
+from runs.leases import Delivery, worker_identity
 from runs.services import runs_sweep
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,17 @@ def execute_run(self, run_id: int) -> str:
     """Execute run ``run_id``; messages that cannot be processed go to the dead-letter queue."""
     if type(run_id) is not int:
         _dead_letter(self, None, f"malformed run id {run_id!r}")
+    # The task id and retry number let a retry of this message, in any process, take over the
+    # claim its earlier try held (see runs.leases).
+    hard, soft = self.request.timelimit or (None, None)
+    delivery = Delivery(
+        task_id=self.request.id or "",
+        retries=self.request.retries or 0,
+        time_limit=hard or celeryconfig.task_time_limit,
+        soft_time_limit=soft or hard or celeryconfig.task_soft_time_limit,
+    )
     try:
-        return run_execute(run_id=run_id, worker=worker_identity()).value
+        return run_execute(run_id=run_id, worker=worker_identity(), delivery=delivery).value
     except (RunNotFound, DeliveryLimitReached) as exc:
         _dead_letter(self, run_id, str(exc))
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from plugins.base import PluginError, PluginResult, ProtocolPlugin, StepContext
 
+_STARTUP_SLACK = 0.05
+
 
 class DelayPlugin(ProtocolPlugin):
-    """Sleeps ``with.seconds``; a delay longer than the step's timeout is an error."""
+    """Waits ``with.seconds``; a delay longer than the step's time is an error.
+
+    It waits on ``context.stop``, so a cancelled or stopped run ends the wait at once.
+    """
 
     name = "delay"
     params_schema = {
@@ -22,10 +26,19 @@ class DelayPlugin(ProtocolPlugin):
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         seconds = float(params["seconds"])
         if seconds > context.timeout:
-            time.sleep(context.timeout)
+            self._wait(context, context.remaining())
             raise PluginError(
                 f"delay of {seconds:g}s exceeds the step timeout {context.timeout:g}s"
             )
+        # The remaining time is read a moment after the step started: a delay of exactly the
+        # timeout still fits. A deadline set earlier than the timeout (a finally grace) cuts it.
+        if seconds > context.remaining() + _STARTUP_SLACK:
+            self._wait(context, context.remaining())
+            raise PluginError(f"delay of {seconds:g}s did not end by the step's deadline")
         if seconds:
-            time.sleep(seconds)
+            self._wait(context, min(seconds, context.remaining()))
         return PluginResult(data={"slept": seconds}, fields={"slept": seconds})
+
+    def _wait(self, context: StepContext, seconds: float) -> None:
+        if context.stop.wait(seconds):
+            raise PluginError("delay interrupted: the run was stopped")

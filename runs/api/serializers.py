@@ -212,6 +212,7 @@ class RunSerializer(serializers.ModelSerializer):
             "queued_at",
             "started_at",
             "finished_at",
+            "cancel_requested_at",
             "error",
         ]
 

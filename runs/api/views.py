@@ -165,16 +165,20 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         run = services.run_start(**data.validated_data)
         return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: RunSerializer, **ERRORS, **CONFLICT})
+    @extend_schema(
+        request=None, responses={200: RunSerializer, 202: RunSerializer, **ERRORS, **CONFLICT}
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        """A queued run never starts; a running one stops before its next step."""
+        """A queued run is cancelled at once (200). A running one is asked to stop (202: it stays
+        `IN_PROGRESS` with `cancel_requested_at` set until its worker has really stopped it)."""
         _object_or_404(TestRun.objects, pk)
         try:
             run = services.run_cancel(run_id=int(pk))
         except services.RunConflict as exc:
             raise Conflict(str(exc)) from None
-        return Response(RunSerializer(run).data)
+        code = status.HTTP_200_OK if run.is_finished else status.HTTP_202_ACCEPTED
+        return Response(RunSerializer(run).data, status=code)
 
     @extend_schema(
         request=None,

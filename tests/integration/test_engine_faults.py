@@ -160,8 +160,9 @@ def test_run_whose_message_was_never_published_is_republished_by_the_sweep(worke
     TestRun.objects.filter(id=run.id).update(queued_at=timezone.now() - timedelta(minutes=1))
     worker_factory("swept")
 
-    assert runs_sweep() == {"republished": 1, "requeued": 0}
-    assert runs_sweep() == {"republished": 0, "requeued": 0}  # published now: left alone
+    assert runs_sweep() == {"republished": 1, "requeued": 0, "cancelled": 0, "timed_out": 0}
+    # Published now: left alone.
+    assert runs_sweep() == {"republished": 0, "requeued": 0, "cancelled": 0, "timed_out": 0}
     finished(run)
 
     assert run.status == RunStatus.PASSED, run.error
@@ -190,7 +191,7 @@ def test_run_with_a_lapsed_lease_on_another_host_is_requeued_by_the_sweep(worker
     )
     worker = worker_factory("heir")
 
-    assert runs_sweep() == {"republished": 0, "requeued": 1}
+    assert runs_sweep() == {"republished": 0, "requeued": 1, "cancelled": 0, "timed_out": 0}
     finished(lapsed)
 
     assert lapsed.status == RunStatus.PASSED, lapsed.error
@@ -204,7 +205,11 @@ def test_run_with_a_lapsed_lease_on_another_host_is_requeued_by_the_sweep(worker
         "otherhost:5678",
         1,
     )
-    run_cancel(run_id=alive.id)  # let the live_db fixture see every run settled
+    # Let the live_db fixture see every run settled: a cancel its "owner" never confirms is
+    # finished by the sweep once the lease lapses.
+    assert run_cancel(run_id=alive.id).status == RunStatus.IN_PROGRESS
+    TestRun.objects.filter(id=alive.id).update(lease_expires_at=now - timedelta(seconds=1))
+    assert runs_sweep()["cancelled"] == 1
 
 
 def test_cancelled_queued_run_never_starts(worker_factory):
@@ -225,22 +230,27 @@ def test_cancelled_queued_run_never_starts(worker_factory):
     assert ready_messages() == 0
 
 
-def test_cancelled_running_run_stops_before_its_next_step(worker_factory):
+def test_cancelled_running_run_is_cancelled_only_once_its_worker_stopped_it(worker_factory):
     worker = worker_factory("stopper")
-    run = run_start(scenario=make_scenario([delay_step("slow", 2), delay_step("never")]))
+    run = run_start(scenario=make_scenario([delay_step("slow", 20), delay_step("never")]))
     executing_pid(run, attempt=1, worker=worker)
 
-    assert run_cancel(run_id=run.id).status == RunStatus.CANCELLED
-    # The worker executes one message at a time: the sentinel runs once the cancelled run let go.
-    sentinel = finished(run_start(scenario=make_scenario()))
+    requested = run_cancel(run_id=run.id)
+    # Asked, not yet done: the worker is still inside the delay.
+    assert requested.status == RunStatus.IN_PROGRESS
+    assert requested.cancel_requested_at is not None
+    finished(run, timeout=10)
 
-    assert sentinel.status == RunStatus.PASSED
-    run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert run.error == "cancelled"
     assert run.attempt == 1
-    assert recorded_steps(run) == {1: [0]}
-    assert run.steps.get().status == "PASSED"
+    assert run.finished_at - requested.cancel_requested_at < timedelta(seconds=5)
+    slow, never = run.steps.order_by("position")
+    assert (slow.status, slow.error) == ("ERROR", "interrupted: cancelled")
+    assert slow.duration_ms < 5000
+    assert (never.status, never.error) == ("SKIPPED", "skipped: run stopped (cancelled)")
+    # The worker executes one message at a time: the sentinel runs once the cancelled run let go.
+    assert finished(run_start(scenario=make_scenario())).status == RunStatus.PASSED
 
 
 def test_cancelling_a_finished_run_is_a_conflict(worker_factory):

@@ -80,5 +80,5 @@ def test_a_worker_claims_and_finishes_runs_with_prepared_statements(transactiona
     for run in runs:
         run_execute(run_id=run.id, worker="test:1")
 
-    assert {"orchestra_claim_run", "orchestra_finish_run"} <= prepared_here()
+    assert {"orchestra_claim_run", "orchestra_finish_run_passed"} <= prepared_here()
     assert set(TestRun.objects.values_list("status", flat=True)) == {RunStatus.PASSED}
