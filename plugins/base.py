@@ -136,6 +136,11 @@ class ProtocolPlugin(ABC):
         """``expect_schema``, compiled once per process."""
         return Draft202012Validator(self.expect_schema)
 
+    @cached_property
+    def listen_validator(self) -> Draft202012Validator:
+        """``listen_schema``, compiled once per process (refusing everything when it is None)."""
+        return Draft202012Validator(self.listen_schema if self.listen_schema is not None else False)
+
     @abstractmethod
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         """Perform the step; return a result or raise :class:`PluginError`."""

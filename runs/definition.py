@@ -49,6 +49,17 @@ _STEP_SCHEMA = {
             },
         },
         "continue_on_failure": {"type": "boolean"},
+        # A subscription made before the step runs (plugins/resources.py); later steps await it.
+        "listen": {
+            "type": "object",
+            "required": ["as", "plugin"],
+            "additionalProperties": False,
+            "properties": {
+                "as": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]*$"},
+                "plugin": {"type": "string", "minLength": 1},
+                "with": {"type": "object"},
+            },
+        },
     },
 }
 
@@ -264,6 +275,7 @@ def validate_definition(definition: Any) -> None:
         else:
             problems += _step_problems(step, label, cleanup_known)
             cleanup_known |= set(step.get("capture", {}))
+    problems += _listener_problems(steps)
     problems += _time_limit_problems(steps)
     if problems:
         raise DefinitionError(problems)
@@ -304,6 +316,8 @@ def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionPr
     for key in ("with", "expect"):
         for field, value in step.get(key, {}).items():
             problems += _template_problems(value, f"{label}: {key}.{field}", known)
+    if "listen" in step:
+        problems += _listen_problems(step["listen"], label, known)
     for name, expression in step.get("capture", {}).items():
         try:
             compile_path(expression)
@@ -318,6 +332,52 @@ def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionPr
                 compile_path(expression)
             except JsonPathError as exc:
                 problems.append(DefinitionProblem(f"{label}: expect.json.{expression}", str(exc)))
+    return problems
+
+
+def _listen_problems(listen: dict, label: str, known: set[str]) -> list[DefinitionProblem]:
+    try:
+        plugin = get_plugin(listen["plugin"])
+    except UnknownPlugin as exc:
+        return [DefinitionProblem(f"{label}: listen.plugin", str(exc))]
+    if plugin.listen_schema is None:
+        return [DefinitionProblem(f"{label}: listen.plugin", f"plugin {plugin.name} cannot listen")]
+    with_block = listen.get("with", {})
+    problems = _schema_problems(plugin.listen_validator, with_block, f"{label}: listen.with")
+    for field, value in with_block.items():
+        problems += _template_problems(value, f"{label}: listen.with.{field}", known)
+    return problems
+
+
+def _listener_problems(steps: list[tuple[str, int, dict]]) -> list[DefinitionProblem]:
+    """Each listener is named once, and a step awaits only a listener of an earlier step."""
+    problems = []
+    listeners: dict[str, str] = {}  # name -> the plugin that listens
+    for section, index, step in steps:
+        label = _step_label(section, index, step)
+        awaited = step.get("with", {}).get("await")
+        if isinstance(awaited, str) and not is_templated(awaited):
+            if awaited not in listeners:
+                problems.append(
+                    DefinitionProblem(
+                        f"{label}: with.await", f"no earlier step listens as {awaited!r}"
+                    )
+                )
+            elif listeners[awaited] != step["plugin"]:
+                problems.append(
+                    DefinitionProblem(
+                        f"{label}: with.await",
+                        f"{awaited!r} is a {listeners[awaited]} listener, awaited by a "
+                        f"{step['plugin']} step",
+                    )
+                )
+        if "listen" in step:
+            name = step["listen"]["as"]
+            if name in listeners:
+                problems.append(
+                    DefinitionProblem(f"{label}: listen.as", f"a listener {name!r} exists already")
+                )
+            listeners[name] = step["listen"]["plugin"]
     return problems
 
 

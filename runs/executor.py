@@ -35,6 +35,7 @@ from django.utils import timezone
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.jsonpaths import JsonPathError
 from plugins.registry import UnknownPlugin, get_plugin
+from plugins.resources import RunResources
 from runs.leases import (
     CANCELLED,
     LOST,
@@ -235,6 +236,7 @@ class _RunExecution:
         }
         secret_names = claim.definition.get("secrets", [])
         self.secrets = RunSecrets(settings.ORCHESTRA_CREDENTIALS, secret_names)
+        self.resources = RunResources()
         self.statuses: list[str] = []
         self.failures: list[StepRecord] = []
         self.pending: StepRecord | None = None
@@ -244,8 +246,16 @@ class _RunExecution:
     def execute(self) -> tuple[str | None, str, StepRecord | None]:
         """Run every step; return (run status, error text, the last, not yet stored, record).
 
-        The status is None when the claim was lost: the caller writes nothing.
+        The status is None when the claim was lost: the caller writes nothing. The run's
+        resources and listeners are closed whatever the ending.
         """
+        try:
+            return self._execute_steps()
+        finally:
+            for error in self.resources.close_all():
+                logger.warning("run %s: %s", self.run_id, redact(error, self.secrets.values))
+
+    def _execute_steps(self) -> tuple[str | None, str, StepRecord | None]:
         try:
             self._render_variables()
         except TemplateError as exc:
@@ -358,7 +368,10 @@ class _RunExecution:
         record.started_at = timezone.now()
         started = time.monotonic()
         try:
-            self._tries(step, record, timeout, cap)
+            if "listen" in step:
+                self._listen(step, record, timeout, cap)
+            if not record.error:
+                self._tries(step, record, timeout, cap)
         except SoftTimeLimitExceeded:
             self.lease.halt(TIME_LIMIT)
             record.status, record.error = StepStatus.ERROR, f"interrupted: {TIME_LIMIT}"
@@ -403,6 +416,40 @@ class _RunExecution:
                 record.error = f"interrupted: {self.lease.reason}"
                 return
 
+    def _context(
+        self, step: dict, timeout: float, deadline: float, sent: frozenset[str]
+    ) -> StepContext:
+        return StepContext(
+            run_id=self.run_id,
+            step_name=step["name"],
+            timeout=timeout,
+            deadline=deadline,
+            stop=self.lease.stop,
+            credentials_sent=sent,
+            resources=self.resources,
+        )
+
+    def _listen(self, step: dict, record: StepRecord, timeout: float, cap: float) -> None:
+        """Subscribe the step's ``listen`` before the step runs; a failure ends the step ERROR."""
+        listen = step["listen"]
+        try:
+            plugin = get_plugin(listen["plugin"])
+            stored = listen.get("with", {})
+            params, sent = self.secrets.render(stored, self.scope)
+            problems = _block_problems(plugin, "listen.with", params, stored)
+            if problems:
+                raise PluginError("; ".join(problems))
+            context = self._context(step, timeout, min(cap, time.monotonic() + timeout), sent)
+            self.resources.add(listen["as"], plugin.listen(params, context))
+        except (TemplateError, UnknownPlugin, PluginError) as exc:
+            record.status, record.error = StepStatus.ERROR, f"listen {listen['as']}: {exc}"
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # a plugin bug must not take the worker down with it
+            logger.exception("plugin %s crashed listening in run %s", listen["plugin"], self.run_id)
+            record.status = StepStatus.ERROR
+            record.error = f"listen {listen['as']}: plugin {listen['plugin']} crashed: {exc}"
+
     def _try_step(self, step: dict, record: StepRecord, timeout: float, deadline: float) -> bool:
         """One try; fills ``record`` and returns whether another try may change the outcome."""
         record.request, record.response, record.captures, record.assertions = {}, {}, {}, []
@@ -415,14 +462,7 @@ class _RunExecution:
             problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
                 raise PluginError("; ".join(problems))
-            context = StepContext(
-                run_id=self.run_id,
-                step_name=step["name"],
-                timeout=timeout,
-                deadline=deadline,
-                stop=self.lease.stop,
-                credentials_sent=sent,
-            )
+            context = self._context(step, timeout, deadline, sent)
             result = plugin.execute(params, context)
             record.request, record.response = result.request, result.response
             assertions = plugin.check(expect, result)
@@ -484,7 +524,11 @@ def _validated_document(plugin: ProtocolPlugin, block: str, document: str) -> tu
 
 
 def _validate(plugin: ProtocolPlugin, block: str, value: Any) -> tuple[str, ...]:
-    validator = plugin.params_validator if block == "with" else plugin.expect_validator
+    validator = {
+        "with": plugin.params_validator,
+        "expect": plugin.expect_validator,
+        "listen.with": plugin.listen_validator,
+    }[block]
     problems = []
     for error in validator.iter_errors(value):
         path = ".".join(map(str, error.absolute_path))
