@@ -161,7 +161,9 @@ class SqlPlugin(ProtocolPlugin):
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         session_name = params.get("session")
         if "dsn" in params:
-            engine, connection, target = _connect(_target(params["dsn"]), context)
+            engine, connection, target = _connect(
+                _target(params["dsn"]), context, kept=bool(session_name)
+            )
             session = SqlSession(engine, connection, target, context.credentials_sent)
             if session_name:
                 context.resources.add(session_name, session)
@@ -211,7 +213,7 @@ class SqlPlugin(ProtocolPlugin):
 def _target(dsn: str) -> _Target:
     try:
         url = make_url(dsn)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
         raise PluginError("the dsn is not a database URL") from None
     driver = DRIVERS.get(url.drivername)
     if driver is None:
@@ -225,43 +227,51 @@ def _target(dsn: str) -> _Target:
     refused = sorted(set(url.query) - ALLOWED_OPTIONS[backend])
     if refused:
         raise PluginError(f"dsn option(s) {', '.join(refused)} not allowed")
-    return _Target(url, backend, url.host, url.port or DEFAULT_PORTS[backend])
+    port = url.port or DEFAULT_PORTS[backend]
+    if not 0 < port < 65536:
+        raise PluginError(f"{url.render_as_string(hide_password=True)} has no valid port")
+    return _Target(url, backend, url.host, port)
 
 
-def _connect_args(target: _Target, address: IPAddress, context: StepContext) -> dict[str, Any]:
+def _connect_args(
+    target: _Target, address: IPAddress, context: StepContext, *, kept: bool
+) -> dict[str, Any]:
     remaining = context.remaining()
+    # A dead peer is given up on by the deadline; a session's connection outlives this step, so
+    # it gets the step's whole timeout (later statements are bounded by the server, per step).
+    silence = context.timeout if kept else remaining
     if target.backend == "postgresql":
         # hostaddr is where libpq connects; host stays the name, for TLS and pg_hba.
         return {
             "hostaddr": str(address),
             "connect_timeout": max(2, math.ceil(remaining)),
             "keepalives": 1,
-            "tcp_user_timeout": max(1000, int(remaining * 1000)),
+            "tcp_user_timeout": max(1000, int(silence * 1000)),
             "application_name": "orchestra",
         }
     return {
         "host": str(address),
         "connect_timeout": max(1.0, remaining),
-        # A session keeps its connection for later steps: its reads are bounded by the step's
-        # timeout, their statements by the server's time limit set per step.
-        "read_timeout": max(1.0, context.timeout),
-        "write_timeout": max(1.0, context.timeout),
+        "read_timeout": max(1.0, silence),
+        "write_timeout": max(1.0, silence),
     }
 
 
-def _connect(target: _Target, context: StepContext) -> tuple[Engine, Connection, _Target]:
+def _connect(
+    target: _Target, context: StepContext, *, kept: bool
+) -> tuple[Engine, Connection, _Target]:
     """A connection to the first checked address that answers, and the target it reached."""
     addresses = context.check_outbound(target.host, target.port)
+    if not addresses:
+        raise PluginError(f"{target.host} does not resolve", retryable=True)
     failure: PluginError | None = None
     for address in addresses:
         if context.remaining() <= 0:
             break
         checked = replace(target, address=address)
-        url = target.url if target.backend == "postgresql" else target.url.set(host=str(address))
+        arguments = _connect_args(checked, address, context, kept=kept)
         try:
-            engine = create_engine(
-                url, poolclass=NullPool, connect_args=_connect_args(checked, address, context)
-            )
+            engine = create_engine(target.url, poolclass=NullPool, connect_args=arguments)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise PluginError(f"{target.shown}: {exc}") from None
         try:
@@ -377,10 +387,10 @@ def _stop_cancels(connection: Connection, target: _Target, context: StepContext)
     done = threading.Event()
 
     def watch() -> None:
-        while not done.is_set():
-            if context.stop.wait(0.05):
-                if not done.is_set():
-                    driver_connection.cancel()
+        # Polls the stop event, but ends as soon as the statement does.
+        while not done.wait(0.05):
+            if context.stop.is_set():
+                driver_connection.cancel()
                 return
 
     watcher = threading.Thread(target=watch, name=f"sql-stop-{context.run_id}", daemon=True)

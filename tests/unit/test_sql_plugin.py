@@ -220,6 +220,8 @@ def test_a_password_never_appears_in_summaries_or_errors(plugin):
         ("postgresql:///orchestra?host=/var/run/postgresql", "names no host"),
         ("postgresql://db.test/x?hostaddr=127.0.0.1", "hostaddr not allowed"),
         ("mysql://db.test/x?unix_socket=/run/mysqld.sock", "unix_socket not allowed"),
+        ("postgresql://u:pw@db.test:port/x", "not a database URL"),
+        ("mysql://db.test:99999/x", "no valid port"),
     ],
 )
 def test_a_dsn_that_could_bypass_the_outbound_policy_is_refused(plugin, dsn, message):
