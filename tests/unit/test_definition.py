@@ -147,9 +147,9 @@ INVALID = [
     # --- the plugin's own schemas ---
     (
         "unknown-plugin",
-        definition(http(), {"name": "query db", "plugin": "sql"}),
+        definition(http(), {"name": "query db", "plugin": "soap"}),
         "steps[1] (query db): plugin",
-        "unknown plugin 'sql' (installed: delay, http)",
+        "unknown plugin 'soap' (installed: delay, http",
     ),
     (
         "http-method-unknown",
@@ -417,7 +417,7 @@ def test_every_problem_is_reported_not_only_the_first():
         http("a", timeout=0),
         http_with("b", method="FETCH"),
         http("c", capture={"x": "$.[["}),
-        {"name": "d", "plugin": "sql"},
+        {"name": "d", "plugin": "soap"},
     )
 
     paths = {problem.path for problem in _problem_objects(value)}
