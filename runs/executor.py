@@ -21,7 +21,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
@@ -33,6 +33,7 @@ from runs.policies import DEFAULT_RETRY_INTERVAL, run_status_from_steps, step_re
 from runs.redaction import redact
 from runs.signals import run_finished
 from runs.states import STEP_COLUMNS, RunStatus, claim_run, finish_run, store_step
+from runs.storable import storable, storable_text
 from runs.templating import TemplateError, render
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class RunNotFound(LookupError):
 
 class DeliveryLimitReached(RuntimeError):
     """The run was claimed too often (its workers kept dying); it has been marked ERROR."""
+
+
+class StepNotStored(RuntimeError):
+    """Neither a step's result nor its stand-in could be stored; the run ends ERROR with this."""
 
 
 @dataclass
@@ -74,6 +79,30 @@ class StepRecord:
     def columns(self) -> dict[str, Any]:
         """The StepResult columns of this record."""
         return {name: getattr(self, name) for name in STEP_COLUMNS}
+
+    def stand_in(self, exc: DatabaseError) -> StepRecord:
+        """This step as ERROR, with only the database's reason: stored when the record was not."""
+        return StepRecord(
+            self.position,
+            self.name,
+            self.plugin,
+            self.is_cleanup,
+            StepStatus.ERROR,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_ms=self.duration_ms,
+            error=f"its result could not be stored: {_database_reason(exc)}",
+        )
+
+
+def _database_reason(exc: DatabaseError) -> str:
+    """The database's message (its first lines), fit to be stored itself."""
+    lines = str(exc).strip().splitlines()[:2]
+    return storable_text(f"{type(exc).__name__}: {' '.join(lines)}")[:500]
+
+
+#: Lost connections: another delivery may succeed (``runs.tasks`` retries them).
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 def run_execute(*, run_id: int, worker: str) -> Outcome:
@@ -102,7 +131,10 @@ def run_execute(*, run_id: int, worker: str) -> Outcome:
 
     with lease_keeper.hold(run_id, worker, claim.attempt):
         executor = _RunExecution(run_id, claim.attempt, claim.definition, claim.context)
-        status, error, last_record = executor.execute()
+        try:
+            status, error, last_record = executor.execute()
+        except StepNotStored as exc:
+            status, error, last_record = RunStatus.ERROR, str(exc), None
     finished = _finish(
         run_id, worker, claim.attempt, status, error, claim.context, last_record=last_record
     )
@@ -119,15 +151,36 @@ def _finish(
     *,
     last_record: StepRecord | None = None,
 ) -> bool:
-    """Store the last step and the final status in one statement; False if the run was taken."""
-    finished = finish_run(
-        run_id,
-        to=status,
-        worker=worker,
-        attempt=attempt,
-        error=error[:10000],
-        last_step=last_record.columns() if last_record is not None else None,
-    )
+    """Store the last step and the final status in one statement; False if the run was taken.
+
+    When the database refuses that (a ``DataError``, a constraint...), the run still ends, once:
+    ERROR with the database's reason, with the last step's stand-in (or without it, if even that
+    is refused). Lost connections are not handled here; see :meth:`_RunExecution._store`.
+    """
+    error = storable_text(error)[:10000]
+    last_step = last_record.columns() if last_record is not None else None
+    try:
+        finished = finish_run(
+            run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=last_step
+        )
+    except TRANSIENT_DATABASE_ERRORS:
+        raise
+    except DatabaseError as exc:
+        logger.exception("run %s: the final status could not be stored", run_id)
+        status = RunStatus.ERROR
+        error = f"the final status could not be stored: {_database_reason(exc)}"
+        try:
+            stand_in = last_record.stand_in(exc).columns() if last_record is not None else None
+            finished = finish_run(
+                run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=stand_in
+            )
+        except TRANSIENT_DATABASE_ERRORS:
+            raise
+        except DatabaseError:
+            logger.exception("run %s: the last step's stand-in could not be stored", run_id)
+            finished = finish_run(
+                run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=None
+            )
     if finished:
         transaction.on_commit(
             lambda: run_finished.send(sender=TestRun, run_id=run_id, status=status, context=context)
@@ -194,15 +247,51 @@ class _RunExecution:
         # Every step is committed when the next one starts; the last is stored with the final
         # status by the caller, saving one commit per run.
         if self.pending is not None:
-            store_step(self.run_id, attempt=self.attempt, step=self.pending.columns())
+            self._store(self.pending)
         self.pending = record
         self.statuses.append(record.status)
         if record.status in (StepStatus.FAILED, StepStatus.ERROR):
             self.failures.append(record)
 
+    def _store(self, record: StepRecord) -> None:
+        """Store ``record``, the latest step (``self.statuses[-1]`` is its status).
+
+        A result the database refuses (a ``DataError`` despite :func:`runs.storable.storable`,
+        a constraint...) is replaced by its stand-in, ERROR with the database's reason, and the
+        run goes on: the step did execute, later steps may rely on it and ``finally`` steps
+        still clean up; the run ends ERROR with that reason, once. Only when the stand-in is
+        refused too does the run end at once (:class:`StepNotStored`). Never is such an error
+        left to the task, which would dead-letter the message while the run stays IN_PROGRESS,
+        for the sweep to execute it against the target again once its lease lapsed.
+
+        A lost connection (``OperationalError``, ``InterfaceError``) is different: nothing can be
+        written, not even ERROR, so it propagates and the task retries the delivery. That is the
+        path of a worker lost mid-run: the next attempt executes the run again, because only the
+        database could have remembered how far this one got, and it is the thing that is gone.
+        """
+        try:
+            store_step(self.run_id, attempt=self.attempt, step=record.columns())
+            return
+        except TRANSIENT_DATABASE_ERRORS:
+            raise
+        except DatabaseError as exc:
+            logger.exception("run %s: the result of step %r was refused", self.run_id, record.name)
+            stand_in = record.stand_in(exc)
+        try:
+            store_step(self.run_id, attempt=self.attempt, step=stand_in.columns())
+        except TRANSIENT_DATABASE_ERRORS:
+            raise
+        except DatabaseError as exc:
+            raise StepNotStored(
+                f"{record.name}: its result could not be stored: {_database_reason(exc)}"
+            ) from exc
+        self.statuses[-1] = stand_in.status
+        self.failures = [failure for failure in self.failures if failure is not record]
+        self.failures.append(stand_in)
+
     def _stop_requested(self) -> bool:
         if self.pending is not None:
-            store_step(self.run_id, attempt=self.attempt, step=self.pending.columns())
+            self._store(self.pending)
             self.pending = None
         return lease_keeper.lost or _run_is_cancelled(self.run_id)
 
@@ -252,7 +341,7 @@ class _RunExecution:
             self.scope.update(record.captures)
         stored = ("request", "response", "captures", "assertions", "tries", "error")
         redacted = redact([getattr(record, name) for name in stored], self.secrets)
-        for name, value in zip(stored, redacted, strict=True):
+        for name, value in zip(stored, storable(redacted), strict=True):
             setattr(record, name, value)
         return record
 

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from typing import Any
 
@@ -15,6 +18,7 @@ from plugins.base import (
     StepContext,
     check_json_paths,
 )
+from plugins.bodies import decode_text, summarize, summarize_text
 from plugins.outbound import outbound_policy
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -22,8 +26,7 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 def _text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    limit = settings.ORCHESTRA_MAX_STORED_BODY_CHARS
-    return text if len(text) <= limit else text[:limit] + "…"
+    return summarize_text(text)
 
 
 def _request_headers(params: dict[str, Any]) -> httpx.Headers:
@@ -38,6 +41,66 @@ def _request_content(params: dict[str, Any]) -> bytes | str | None:
     if "json" in params:
         return json.dumps(params["json"], ensure_ascii=False, allow_nan=False).encode()
     return params.get("body")
+
+
+class _Watch:
+    """Ends a request in flight when the step's deadline passes or ``stop`` is set.
+
+    httpx bounds each network operation, not their sum: a server that sends one byte a second
+    never trips a read timeout. This thread shuts the request's socket down instead, which wakes
+    the blocked read at once; it learns the socket from httpcore's ``trace`` hook when the
+    connection is made, and from the response's ``network_stream`` for a pooled connection.
+    """
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, stop: threading.Event, deadline: float) -> None:
+        self.stop = stop
+        self.deadline = deadline
+        #: "stopped" or "timeout" once the watch ended the request; "" otherwise.
+        self.reason = ""
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="http-watch", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def trace(self, event: str, info: dict) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.attach(info.get("return_value"))
+
+    def attach(self, stream: Any) -> None:
+        """Watch the socket under ``stream`` (an httpcore network stream)."""
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._socket = sock if isinstance(sock, socket.socket) else self._socket
+            if self.reason:
+                self._shut()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.POLL_SECONDS):
+            if self.stop.is_set():
+                reason = "stopped"
+            elif time.monotonic() >= self.deadline:
+                reason = "timeout"
+            else:
+                continue
+            with self._lock:
+                self.reason = reason
+                self._shut()
+            return
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # closed already
+                self._socket.shutdown(socket.SHUT_RDWR)
 
 
 def _check_outbound(request: httpx.Request) -> None:
@@ -103,6 +166,8 @@ class HttpPlugin(ProtocolPlugin):
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         method = params.get("method", "GET")
         timeout = min(float(params.get("timeout", context.timeout)), context.timeout)
+        # The total deadline: connect, send and read together.
+        deadline = min(context.deadline, time.monotonic() + timeout)
         request_summary: dict[str, Any] = {
             "method": method,
             "url": params["url"],
@@ -114,6 +179,7 @@ class HttpPlugin(ProtocolPlugin):
             request_summary["body"] = _text(params["json"])
         elif "body" in params:
             request_summary["body"] = _text(params["body"])
+        watch = _Watch(context.stop, deadline)
         try:
             request = self._client.build_request(
                 method,
@@ -121,7 +187,8 @@ class HttpPlugin(ProtocolPlugin):
                 headers=_request_headers(params),
                 params=params.get("query"),
                 content=_request_content(params),
-                timeout=timeout,
+                timeout=max(deadline - time.monotonic(), 0.001),
+                extensions={"trace": watch.trace},
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PluginError(f"invalid URL {params['url']!r}: {exc}") from None
@@ -129,53 +196,58 @@ class HttpPlugin(ProtocolPlugin):
             # A header value outside ASCII, a NaN in the JSON body...: no retry will fix it.
             raise PluginError(f"cannot build the request to {params['url']}: {exc}") from None
         started = time.perf_counter()
-        try:
-            response = self._client.send(
-                request, follow_redirects=params.get("follow_redirects", False)
-            )
-        except httpx.TimeoutException:
-            raise PluginError(
-                f"{method} {params['url']} timed out after {timeout:g}s", retryable=True
-            ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise PluginError(f"invalid URL {params['url']!r}: {exc}") from None
-        except httpx.LocalProtocolError as exc:
-            # Our own request is malformed (say, a newline in a header): permanent.
-            raise PluginError(f"{method} {params['url']} is not a valid request: {exc}") from None
-        except httpx.TransportError as exc:
-            raise PluginError(
-                f"{method} {params['url']} failed: {exc or type(exc).__name__}", retryable=True
-            ) from None
-        except httpx.RequestError as exc:
-            # Too many redirects, an undecodable body: the server will answer the same again.
-            raise PluginError(
-                f"{method} {params['url']} failed: {exc or type(exc).__name__}"
-            ) from None
+        with watch:
+            try:
+                status, headers, content = self._exchange(request, params, deadline, watch)
+            except (httpx.HTTPError, _DeadlinePassed) as exc:
+                raise _plugin_error(method, params["url"], timeout, watch.reason, exc) from None
         # Measured here rather than read from ``response.elapsed``, which a transport that hands
         # back an already-read response (a mock, a cache) never sets.
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        try:
-            document = response.json() if response.content else None
-        except ValueError:
-            document = None
-        headers = {name.lower(): value for name, value in response.headers.items()}
+        text = decode_text(content, headers.get("content-type", ""))
         return PluginResult(
-            data=document,
+            data=_document(text),
             fields={
-                "status": response.status_code,
+                "status": status,
                 "headers": headers,
                 "elapsed_ms": elapsed_ms,
-                # The whole text, for body_contains; the stored summary below is truncated.
-                "body": response.text,
+                # The whole text, for body_contains (None when binary); the summary is cut.
+                "body": text,
             },
             request=request_summary,
             response={
-                "status": response.status_code,
+                "status": status,
                 "headers": headers,
-                "body": _text(response.text),
+                "body": summarize(content, headers.get("content-type", ""), text=text),
                 "elapsed_ms": elapsed_ms,
             },
         )
+
+    def _exchange(
+        self, request: httpx.Request, params: dict[str, Any], deadline: float, watch: _Watch
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send ``request`` and read at most ORCHESTRA_MAX_RESPONSE_BYTES of its answer."""
+        limit = settings.ORCHESTRA_MAX_RESPONSE_BYTES
+        response = self._client.send(
+            request, follow_redirects=params.get("follow_redirects", False), stream=True
+        )
+        try:
+            watch.attach(response.extensions.get("network_stream"))
+            headers = {name.lower(): value for name, value in response.headers.items()}
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _TooBig(limit)
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise _TooBig(limit)
+                if time.monotonic() >= deadline:
+                    raise _DeadlinePassed()
+                chunks.append(chunk)
+            return response.status_code, headers, b"".join(chunks)
+        finally:
+            response.close()
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         assertions: list[Assertion] = []
@@ -206,14 +278,17 @@ class HttpPlugin(ProtocolPlugin):
                 assertions.extend(check_json_paths(expect["json"], result.data))
         if "body_contains" in expect:
             body = result.fields.get("body", result.response.get("body", ""))
-            passed = expect["body_contains"] in body
+            passed = isinstance(body, str) and expect["body_contains"] in body
+            message = f"body does not contain {expect['body_contains']!r}"
+            if not isinstance(body, str):
+                message = "the response body is binary, not text"
             assertions.append(
                 Assertion(
                     "body_contains",
                     passed,
                     expect["body_contains"],
                     None,
-                    "" if passed else f"body does not contain {expect['body_contains']!r}",
+                    "" if passed else message,
                 )
             )
         if "response_time_ms" in expect:
@@ -229,3 +304,43 @@ class HttpPlugin(ProtocolPlugin):
                 )
             )
         return assertions
+
+
+class _DeadlinePassed(Exception):
+    """The step's total deadline passed while the answer was being read."""
+
+
+class _TooBig(httpx.HTTPError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the response body exceeds ORCHESTRA_MAX_RESPONSE_BYTES ({limit} bytes)")
+
+
+def _document(text: str | None) -> Any:
+    """The JSON document a text body holds, or None."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _plugin_error(
+    method: str, url: str, timeout: float, watched: str, exc: Exception
+) -> PluginError:
+    """The step's error for what ended the exchange (the watch's reason first: it caused it)."""
+    if watched == "stopped":
+        return PluginError(f"{method} {url} was interrupted: the run is stopping")
+    if watched == "timeout" or isinstance(exc, httpx.TimeoutException | _DeadlinePassed):
+        return PluginError(f"{method} {url} timed out after {timeout:g}s", retryable=True)
+    if isinstance(exc, _TooBig):
+        return PluginError(f"{method} {url}: {exc}")
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return PluginError(f"invalid URL {url!r}: {exc}")
+    if isinstance(exc, httpx.LocalProtocolError):
+        # Our own request is malformed (say, a newline in a header): permanent.
+        return PluginError(f"{method} {url} is not a valid request: {exc}")
+    if isinstance(exc, httpx.TransportError):
+        return PluginError(f"{method} {url} failed: {exc or type(exc).__name__}", retryable=True)
+    # Too many redirects, an undecodable body: the server will answer the same again.
+    return PluginError(f"{method} {url} failed: {exc or type(exc).__name__}")
