@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -47,30 +48,25 @@ class _Watch:
     """Ends a request in flight when the step's deadline passes or ``stop`` is set.
 
     httpx bounds each network operation, not their sum: a server that sends one byte a second
-    never trips a read timeout. This thread shuts the request's socket down instead, which wakes
-    the blocked read at once; it learns the socket from httpcore's ``trace`` hook when the
+    never trips a read timeout. The watcher shuts the request's socket down instead, which wakes
+    the blocked read at once; the watch learns the socket from httpcore's ``trace`` hook when the
     connection is made, and from the response's ``network_stream`` for a pooled connection.
     """
-
-    POLL_SECONDS = 0.05
 
     def __init__(self, stop: threading.Event, deadline: float) -> None:
         self.stop = stop
         self.deadline = deadline
-        #: "stopped" or "timeout" once the watch ended the request; "" otherwise.
+        #: "stopped" or "timeout" once the watcher ended the request; "" otherwise.
         self.reason = ""
-        self._done = threading.Event()
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
-        self._thread = threading.Thread(target=self._run, name="http-watch", daemon=True)
 
     def __enter__(self) -> _Watch:
-        self._thread.start()
+        _watcher.add(self)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._done.set()
-        self._thread.join()
+        _watcher.discard(self)
 
     def trace(self, event: str, info: dict) -> None:
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
@@ -84,23 +80,55 @@ class _Watch:
             if self.reason:
                 self._shut()
 
-    def _run(self) -> None:
-        while not self._done.wait(self.POLL_SECONDS):
-            if self.stop.is_set():
-                reason = "stopped"
-            elif time.monotonic() >= self.deadline:
-                reason = "timeout"
-            else:
-                continue
+    def due(self, now: float) -> bool:
+        """End the request if it is due; True when it was."""
+        reason = "stopped" if self.stop.is_set() else "timeout" if now >= self.deadline else ""
+        if reason:
             with self._lock:
                 self.reason = reason
                 self._shut()
-            return
+        return bool(reason)
 
     def _shut(self) -> None:
         if self._socket is not None:
             with contextlib.suppress(OSError):  # closed already
                 self._socket.shutdown(socket.SHUT_RDWR)
+
+
+class _Watcher:
+    """One thread per process that checks the requests in flight every ``POLL_SECONDS``."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._watches: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: _Watch) -> None:
+        with self._changed:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="http-watch", daemon=True)
+                self._thread.start()
+            self._watches.add(watch)
+
+    def discard(self, watch: _Watch) -> None:
+        with self._changed:
+            self._watches.discard(watch)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                # Polling, not woken by each request: a wake-up per request costs it more
+                # (thread switches) than twenty idle ones a second cost the process.
+                self._changed.wait(self.POLL_SECONDS)
+                now = time.monotonic()
+                self._watches -= {watch for watch in self._watches if watch.due(now)}
+
+
+_watcher = _Watcher()
+# A lock held by the parent's watcher thread at fork time would stay held in the child.
+os.register_at_fork(after_in_child=_watcher.__init__)
 
 
 def _check_outbound(request: httpx.Request) -> None:
