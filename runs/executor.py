@@ -96,8 +96,9 @@ class StepRecord:
 
 
 def _database_reason(exc: DatabaseError) -> str:
-    """The database's message (its first lines), fit to be stored itself."""
-    lines = str(exc).strip().splitlines()[:2]
+    """The database's message and its detail, fit to be stored itself."""
+    first, *more = str(exc).strip().splitlines() or [""]
+    lines = [first, *(line for line in more if line.startswith("DETAIL:"))]
     return storable_text(f"{type(exc).__name__}: {' '.join(lines)}")[:500]
 
 
