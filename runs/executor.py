@@ -21,7 +21,14 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
@@ -104,6 +111,39 @@ def _database_reason(exc: DatabaseError) -> str:
 
 #: Lost connections: another delivery may succeed (``runs.tasks`` retries them).
 TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+_UNIQUE_VIOLATION = "23505"
+
+
+def _store_step(run_id: int, attempt: int, step: dict[str, Any]) -> None:
+    """``store_step``, once more on a new connection when the first one was lost.
+
+    A unique violation on that second try means the first was committed and only its answer
+    was lost: the step is stored.
+    """
+    try:
+        store_step(run_id, attempt=attempt, step=step)
+        return
+    except TRANSIENT_DATABASE_ERRORS:
+        logger.warning("run %s: connection lost storing a step; once more", run_id, exc_info=True)
+        connection.close()
+    try:
+        store_step(run_id, attempt=attempt, step=step)
+    except IntegrityError as exc:
+        if getattr(exc.__cause__, "pgcode", None) != _UNIQUE_VIOLATION:
+            raise
+
+
+def _finish_run(run_id: int, *, to: str, worker: str, attempt: int, **stored: Any) -> bool:
+    """``finish_run``, once more on a new connection when the first one was lost (whose commit,
+    if it happened, the second try recognises by the run's status, owner and attempt)."""
+    try:
+        return finish_run(run_id, to=to, worker=worker, attempt=attempt, **stored)
+    except TRANSIENT_DATABASE_ERRORS:
+        logger.warning("run %s: connection lost finishing; once more", run_id, exc_info=True)
+        connection.close()
+    if finish_run(run_id, to=to, worker=worker, attempt=attempt, **stored):
+        return True
+    return TestRun.objects.filter(id=run_id, status=to, worker=worker, attempt=attempt).exists()
 
 
 def run_execute(*, run_id: int, worker: str) -> Outcome:
@@ -161,7 +201,7 @@ def _finish(
     error = storable_text(error)[:10000]
     last_step = last_record.columns() if last_record is not None else None
     try:
-        finished = finish_run(
+        finished = _finish_run(
             run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=last_step
         )
     except TRANSIENT_DATABASE_ERRORS:
@@ -172,14 +212,14 @@ def _finish(
         error = f"the final status could not be stored: {_database_reason(exc)}"
         try:
             stand_in = last_record.stand_in(exc).columns() if last_record is not None else None
-            finished = finish_run(
+            finished = _finish_run(
                 run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=stand_in
             )
         except TRANSIENT_DATABASE_ERRORS:
             raise
         except DatabaseError:
             logger.exception("run %s: the last step's stand-in could not be stored", run_id)
-            finished = finish_run(
+            finished = _finish_run(
                 run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=None
             )
     if finished:
@@ -265,13 +305,16 @@ class _RunExecution:
         left to the task, which would dead-letter the message while the run stays IN_PROGRESS,
         for the sweep to execute it against the target again once its lease lapsed.
 
-        A lost connection (``OperationalError``, ``InterfaceError``) is different: nothing can be
-        written, not even ERROR, so it propagates and the task retries the delivery. That is the
-        path of a worker lost mid-run: the next attempt executes the run again, because only the
-        database could have remembered how far this one got, and it is the thing that is gone.
+        A lost connection (``OperationalError``, ``InterfaceError``) is different. The write is
+        tried once more at once, on a new connection: a dropped connection (a database or pooler
+        restart, a failover) costs nothing, and the steps that already ran against the target are
+        not run again. When the database stays away, nothing can be written, not even ERROR: the
+        error propagates and the task retries the delivery. That is the path of a worker lost
+        mid-run, and the next attempt executes the run again, because only the database could
+        have remembered how far this one got, and it is the thing that is gone.
         """
         try:
-            store_step(self.run_id, attempt=self.attempt, step=record.columns())
+            _store_step(self.run_id, self.attempt, record.columns())
             return
         except TRANSIENT_DATABASE_ERRORS:
             raise
@@ -279,7 +322,7 @@ class _RunExecution:
             logger.exception("run %s: the result of step %r was refused", self.run_id, record.name)
             stand_in = record.stand_in(exc)
         try:
-            store_step(self.run_id, attempt=self.attempt, step=stand_in.columns())
+            _store_step(self.run_id, self.attempt, stand_in.columns())
         except TRANSIENT_DATABASE_ERRORS:
             raise
         except DatabaseError as exc:

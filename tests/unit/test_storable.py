@@ -10,8 +10,9 @@ import math
 from decimal import Decimal
 
 import httpx
+import psycopg2
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -362,3 +363,56 @@ def test_a_value_postgresql_refuses_ends_the_run_error_with_its_reason(
     assert first.status == "ERROR" and "unsupported Unicode escape sequence" in first.error
     assert last.status == "ERROR" and "unsupported Unicode escape sequence" in last.error
     assert math.isfinite(first.duration_ms)
+
+
+# --- the connection is lost while storing ---
+
+
+def terminate_own_backend() -> None:
+    """Drop this process's database connection as a server restart would."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        [pid] = cursor.fetchone()
+    other = psycopg2.connect(**connection.get_connection_params())
+    try:
+        other.autocommit = True
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("when", ["before", "after"], ids=["write-lost", "answer-lost"])
+@pytest.mark.parametrize("path", ["store_step", "finish_run"])
+def test_a_connection_lost_while_storing_does_not_execute_the_steps_again(
+    transactional_db, monkeypatch, path, when
+):
+    real = getattr(executor, path)
+    lost = []
+
+    def losing(*args, **kwargs):
+        if lost:
+            return real(*args, **kwargs)
+        lost.append(path)
+        if when == "before":
+            terminate_own_backend()
+            return real(*args, **kwargs)
+        real(*args, **kwargs)  # committed, then the answer never arrives
+        terminate_own_backend()
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(executor, path, losing)
+    Counting.calls = []
+    monkeypatch.setattr(executor, "get_plugin", lambda name: Counting())
+    definition = {
+        "steps": [{"name": "one", "plugin": "counting"}, {"name": "two", "plugin": "counting"}]
+    }
+    run = TestRun.objects.create(scenario=make_scenario(), definition=definition, context={})
+
+    assert run_execute(run_id=run.id, worker="test:1") == Outcome.EXECUTED
+
+    run.refresh_from_db()
+    assert lost == [path]
+    assert (run.status, run.attempt) == ("PASSED", 1)
+    assert steps_of(run) == [("one", "PASSED", ""), ("two", "PASSED", "")]
+    assert Counting.calls == ["one", "two"]
