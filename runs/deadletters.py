@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models.functions import Now
 
 from runs.models import DeadLetter, DeadLetterStatus
@@ -85,7 +85,7 @@ def dead_letters_collect() -> int:
                 _store_message(message)
             except (OperationalError, InterfaceError):
                 raise  # the database is away: the message stays in the broker
-            except (DatabaseError, ValueError) as exc:
+            except Exception as exc:  # whatever it holds, it must not block the queue
                 logger.exception("dead letter refused as it is; storing a stand-in")
                 _store_stand_in(message, exc)
             message.ack()

@@ -201,6 +201,44 @@ POISON = {
 }
 
 
+REFUSING_DEAD_LETTERS = """
+CREATE FUNCTION test_refuse_letter() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.task_id = 'refused' THEN
+        RAISE EXCEPTION 'refused by the test trigger' USING ERRCODE = '22000';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_refuse_letter BEFORE INSERT ON runs_deadletter
+    FOR EACH ROW EXECUTE FUNCTION test_refuse_letter();
+"""
+
+
+@pytest.fixture
+def refusing_dead_letters(transactional_db):
+    """The database refuses (a DataError) a dead letter whose task id is ``refused``."""
+    with connection.cursor() as cursor:
+        cursor.execute(REFUSING_DEAD_LETTERS)
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER test_refuse_letter ON runs_deadletter")
+        cursor.execute("DROP FUNCTION test_refuse_letter()")
+
+
+def test_a_dead_letter_the_database_refuses_is_kept_as_a_stand_in(refusing_dead_letters):
+    publish_dead_letter(b"[[7], {}, {}]\x00", headers={"id": "refused"})
+    publish_dead_letter(b"[[8], {}, {}]", headers={"id": "good", "task": "runs.execute_run"})
+
+    assert dead_letters_collect() == 2
+
+    assert dead_letters_waiting() == 0
+    stand_in, good = DeadLetter.objects.order_by("id")
+    assert stand_in.task_id == "" and stand_in.received
+    assert stand_in.reason.startswith("stored as a stand-in: DataError: refused by the test")
+    assert stand_in.body == "[[7], {}, {}]\\x00"
+    assert (good.task_id, good.run_id_hint) == ("good", 8)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_poison_dead_letters_are_all_collected_and_never_hold_up_a_good_one():
     for name, (body, headers, content_type) in POISON.items():
