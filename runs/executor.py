@@ -196,7 +196,8 @@ def _finish(
 
     When the database refuses that (a ``DataError``, a constraint...), the run still ends, once:
     ERROR with the database's reason, with the last step's stand-in (or without it, if even that
-    is refused). Lost connections are not handled here; see :meth:`_RunExecution._store`.
+    is refused); only a database that refuses even the bare status leaves the error to the task.
+    A lost connection is written once more (:func:`_finish_run`; see :meth:`_RunExecution._store`).
     """
     error = storable_text(error)[:10000]
     last_step = last_record.columns() if last_record is not None else None
