@@ -223,6 +223,8 @@ class HttpPlugin(ProtocolPlugin):
         except (UnicodeEncodeError, ValueError, TypeError) as exc:
             # A header value outside ASCII, a NaN in the JSON body...: no retry will fix it.
             raise PluginError(f"cannot build the request to {params['url']}: {exc}") from None
+        if context.stop.is_set():
+            raise PluginError(f"{method} {params['url']} was not sent: the run is stopping")
         started = time.perf_counter()
         with watch:
             try:
@@ -253,7 +255,7 @@ class HttpPlugin(ProtocolPlugin):
 
     def _exchange(
         self, request: httpx.Request, params: dict[str, Any], deadline: float, watch: _Watch
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, dict[str, str], bytearray]:
         """Send ``request`` and read at most ORCHESTRA_MAX_RESPONSE_BYTES of its answer."""
         limit = settings.ORCHESTRA_MAX_RESPONSE_BYTES
         response = self._client.send(
@@ -265,15 +267,14 @@ class HttpPlugin(ProtocolPlugin):
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 raise _TooBig(limit)
-            chunks, size = [], 0
+            content = bytearray()  # grown in place: never a second copy of the body
             for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
+                if len(content) + len(chunk) > limit:
                     raise _TooBig(limit)
                 if time.monotonic() >= deadline:
                     raise _DeadlinePassed()
-                chunks.append(chunk)
-            return response.status_code, headers, b"".join(chunks)
+                content += chunk
+            return response.status_code, headers, content
         finally:
             response.close()
 

@@ -215,3 +215,15 @@ def test_a_stopped_request_leaves_the_plugin_usable(plugin, target_url):
     result = plugin.execute({"url": f"{target_url}/flaky/{key}?fail=0"}, context())
 
     assert (result.fields["status"], result.data) == (200, {"call": 1})
+
+
+def test_a_step_told_to_stop_before_sending_sends_nothing(plugin, target_url):
+    key = uuid.uuid4().hex
+    step = context()
+    step.stop.set()
+
+    with pytest.raises(PluginError, match="was not sent: the run is stopping"):
+        plugin.execute({"url": f"{target_url}/bodies/png?key={key}"}, step)
+
+    hits = plugin.execute({"url": f"{target_url}/hits/{key}"}, context())
+    assert hits.data == {"hits": 0}
