@@ -37,6 +37,9 @@ MAX_CHARS = 262_144
 #: Integers wider than this are stored as text: json cannot write them past 4300 digits.
 MAX_INT_BITS = 1024
 _UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+_BYTES = (bytes, bytearray, memoryview)
+_TIMES = (datetime.date, datetime.time)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
 def storable(value: Any, *, max_chars: int = MAX_CHARS) -> Any:
@@ -46,6 +49,12 @@ def storable(value: Any, *, max_chars: int = MAX_CHARS) -> Any:
 
 def storable_text(text: str) -> str:
     """``text`` with NUL and lone surrogates escaped (not bounded: callers cut to their column)."""
+    if "\x00" not in text:
+        try:
+            text.encode("utf-8")  # much faster than the search below, and almost always true
+            return text
+        except UnicodeEncodeError:
+            pass
     return _UNSTORABLE_CHARS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
@@ -56,6 +65,11 @@ class _Walk:
         self.left = max_chars
 
     def value(self, value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is str:
+            return self.text(value)
+        if kind is dict or kind is list:
+            return self.container(value, depth)
         if value is None or isinstance(value, bool):
             self.left -= 5
             return value
@@ -71,15 +85,15 @@ class _Walk:
             return float(value) if math.isfinite(value) else _non_finite(value)
         if isinstance(value, Decimal):
             return self.value(_decimal(value), depth)
-        if isinstance(value, bytes | bytearray | memoryview):
+        if isinstance(value, _BYTES):
             return self.value(summarize(bytes(value)), depth)
-        if isinstance(value, datetime.date | datetime.time):
+        if isinstance(value, _TIMES):
             return self.text(value.isoformat())
         if isinstance(value, uuid.UUID):
             return self.text(str(value))
         if isinstance(value, Enum):
             return self.value(value.value, depth)
-        if isinstance(value, dict | list | tuple | set | frozenset):
+        if isinstance(value, _CONTAINERS):
             return self.container(value, depth)
         return self.text(_describe(value))
 
