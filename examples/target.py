@@ -6,15 +6,24 @@ Endpoints: ``POST /users`` (201, JSON ``{id, name}``), ``GET /users/{id}``, ``DE
 ``GET /flaky/{key}?fail=N`` (503 for the first N calls per key, then 200), ``GET /slow?seconds=S``,
 ``GET /health``, ``POST /echo`` (returns the request's headers and body),
 ``GET /redirect?to=URL`` (302 to URL), ``GET /tick?...`` (200; remembers each call's query).
+
+Bodies that are hard to store, each call counted under ``key`` (``GET /hits/{key}`` tells how
+many): ``GET /bodies/{kind}?key=K`` with kind one of :data:`BODIES` (NUL text, NaN JSON, PNG,
+gzip, random bytes), ``GET /bodies/huge?bytes=N`` (N bytes of text, chunked unless ``length=1``),
+``GET /bodies/drip?bytes=N&interval=S`` (the headers, then one byte every S seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
+import random
+import struct
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -26,6 +35,37 @@ class State:
         self.ids = itertools.count(1)
         self.flaky_calls: dict[str, int] = {}
         self.ticks: list[tuple[float, dict[str, str]]] = []
+        self.hits: dict[str, int] = {}
+
+
+def _png() -> bytes:
+    """A real 2x2 RGB PNG image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    pixels = b"".join(b"\x00" + bytes([255, 0, 0, 0, 0, 255]) for _ in range(2))
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(pixels))
+        + chunk(b"IEND", b"")
+    )
+
+
+#: kind -> (content type, body) of ``GET /bodies/{kind}``.
+BODIES: dict[str, tuple[str, bytes]] = {
+    "nul-text": ("text/plain; charset=utf-8", b"before\x00after"),
+    "nan-json": (
+        "application/json",
+        b'{"value": NaN, "big": Infinity, "text": "a\\u0000b", "lone": "\\ud800"}',
+    ),
+    "png": ("image/png", _png()),
+    "gzip": ("application/gzip", gzip.compress(b"compressed " * 100, mtime=0)),
+    "random": ("application/x-protobuf", random.Random(10).randbytes(4096)),
+}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -81,10 +121,50 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None
+        if len(parts) == 2 and parts[0] == "hits":
+            with self.state.lock:
+                return self._send(200, {"hits": self.state.hits.get(parts[1], 0)})
+        if len(parts) == 2 and parts[0] == "bodies":
+            with self.state.lock:
+                key = query.get("key", [""])[0]
+                self.state.hits[key] = self.state.hits.get(key, 0) + 1
+            return self._hard_body(parts[1], query)
         if parts == ["slow"]:
             time.sleep(float(query.get("seconds", ["1"])[0]))
             return self._send(200, {"slept": True})
         return self._send(404, {"error": "no such endpoint"})
+
+    def _hard_body(self, kind: str, query: dict[str, list[str]]) -> None:
+        if kind in BODIES:
+            content_type, data = BODIES[kind]
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        size = int(query.get("bytes", ["1"])[0])
+        chunked = not (kind == "huge" and query.get("length") == ["1"])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        interval = float(query.get("interval", ["1"])[0]) if kind == "drip" else 0
+        piece = 1 if kind == "drip" else 65536
+        try:
+            for start in range(0, size, piece):
+                data = b"a" * min(piece, size - start)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                self.wfile.flush()
+                time.sleep(interval)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client hung up, as it should on a huge or dripping body
+        self.close_connection = True
 
     def do_POST(self) -> None:
         parts = [p for p in urlparse(self.path).path.split("/") if p]

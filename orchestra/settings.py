@@ -185,6 +185,8 @@ ORCHESTRA_MAX_STORED_BODY_CHARS = env_int("ORCHESTRA_MAX_STORED_BODY_CHARS", 409
 # After a cancel or a time limit, the finally steps run within this many seconds (after a soft
 # time limit also within what is left before the hard one).
 ORCHESTRA_FINALLY_GRACE_SECONDS = env_float("ORCHESTRA_FINALLY_GRACE_SECONDS", 30.0)
+# A response body longer than this ends its step ERROR; a worker never holds more of one.
+ORCHESTRA_MAX_RESPONSE_BYTES = env_int("ORCHESTRA_MAX_RESPONSE_BYTES", 8 * 1024 * 1024)
 # Timeout of a step that names none (seconds).
 ORCHESTRA_DEFAULT_STEP_TIMEOUT = env_float("ORCHESTRA_DEFAULT_STEP_TIMEOUT", 30.0)
 # Upper bound for steps in one scenario.

@@ -88,7 +88,7 @@ def _decode(content: bytes, charset: str | None) -> str | None:
     if charset:
         try:
             codecs.lookup(charset)
-        except LookupError:
+        except (LookupError, ValueError):
             charset = None  # an unknown charset: read it as UTF-8 or not at all
     try:
         return content.decode(charset or "utf-8-sig")

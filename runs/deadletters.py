@@ -1,19 +1,31 @@
 """The dead-letter queue made visible: messages are drained from RabbitMQ into ``DeadLetter``
-rows (with the reason the worker gave when it rejected them) and can be re-driven."""
+rows (with the reason the worker gave when it rejected them) and can be re-driven.
+
+Whatever reaches the dead-letter queue is poison by definition: NUL bytes in its body or
+headers, headers JSON has no spelling for (bytes keys, NaN, dates), an id longer than its
+column. Every field is made storable (:mod:`runs.storable`) and cut to its column; a message the
+database still refuses is stored as a stand-in that says why. Either way it is acked, so a
+poison message never holds up the ones behind it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models.functions import Now
 
 from runs.models import DeadLetter, DeadLetterStatus
+from runs.storable import storable, storable_text
 
 logger = logging.getLogger(__name__)
 
 DRAIN_BATCH = 500
+#: Characters of a dead-lettered body kept; a task message is a few hundred.
+MAX_BODY_CHARS = 1_000_000
+_BIGINT = range(-(2**63), 2**63)
 
 
 class DeadLetterConflict(Exception):
@@ -22,14 +34,33 @@ class DeadLetterConflict(Exception):
 
 def dead_letter_note(*, task_id: str, task: str, run_id: int | None, reason: str) -> None:
     """Remember why a worker rejects a message, before it travels to the dead-letter queue."""
-    DeadLetter.objects.create(task_id=task_id or "", task=task, run_id_hint=run_id, reason=reason)
+    DeadLetter.objects.create(
+        **_fitted(task_id=task_id or "", task=task, reason=reason), run_id_hint=_bigint(run_id)
+    )
+
+
+def _fitted(**fields: Any) -> dict[str, Any]:
+    """``fields`` of a DeadLetter, each storable and cut to its column's length."""
+    fitted = {}
+    for name, value in fields.items():
+        if name == "headers":
+            fitted[name] = storable(value)
+            continue
+        text = storable_text(value if isinstance(value, str) else str(value))
+        limit = DeadLetter._meta.get_field(name).max_length or MAX_BODY_CHARS
+        fitted[name] = text[:limit]
+    return fitted
+
+
+def _bigint(value: Any) -> int | None:
+    return value if type(value) is int and value in _BIGINT else None
 
 
 def _run_id_from(body: str) -> int | None:
     try:
         args = json.loads(body)[0]
-        return args[0] if args and type(args[0]) is int else None
-    except (ValueError, TypeError, IndexError, KeyError):
+        return _bigint(args[0]) if args else None
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError):
         return None
 
 
@@ -50,29 +81,45 @@ def dead_letters_collect() -> int:
             message = queue.get(no_ack=False, accept=["json", "text/plain", "application/data"])
             if message is None:
                 break
-            _store_message(message)
+            try:
+                _store_message(message)
+            except (OperationalError, InterfaceError):
+                raise  # the database is away: the message stays in the broker
+            except Exception as exc:  # whatever it holds, it must not block the queue
+                logger.exception("dead letter refused as it is; storing a stand-in")
+                _store_stand_in(message, exc)
             message.ack()
             collected += 1
     return collected
 
 
+def _broker_reason(headers: dict) -> str:
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths else {}
+    death = death if isinstance(death, dict) else {}
+    return f"{death.get('reason', 'dead-lettered')} by {death.get('queue', '?')}"
+
+
+def _body_text(body: Any) -> str:
+    # Undecodable bytes are kept visible as \xNN escapes rather than replaced.
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body).decode("utf-8", errors="backslashreplace")
+    return body if isinstance(body, str) else str(body)
+
+
 def _store_message(message) -> None:
-    headers = dict(message.headers or {})
-    body = (
-        message.body.decode(errors="replace")
-        if isinstance(message.body, bytes)
-        else str(message.body)
-    )
-    task_id = str(headers.get("id") or "")
-    deaths = headers.get("x-death") or [{}]
-    broker_reason = f"{deaths[0].get('reason', 'dead-lettered')} by {deaths[0].get('queue', '?')}"
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = _fitted(task_id=headers.get("id") or "")["task_id"]
     fields = {
-        "task": str(headers.get("task") or ""),
-        "body": body,
-        "content_type": message.content_type or "",
-        "headers": json.loads(json.dumps(headers, default=str)),
+        **_fitted(
+            task=headers.get("task") or "",
+            body=_body_text(message.body),
+            content_type=message.content_type or "",
+            headers=headers,
+        ),
         "received": True,
     }
+    broker_reason = _fitted(reason=_broker_reason(headers))["reason"]
     with transaction.atomic():
         noted = (
             DeadLetter.objects.select_for_update()
@@ -84,12 +131,27 @@ def _store_message(message) -> None:
         )
         if noted is None:
             DeadLetter.objects.create(
-                task_id=task_id, run_id_hint=_run_id_from(body), reason=broker_reason, **fields
+                task_id=task_id,
+                run_id_hint=_run_id_from(fields["body"]),
+                reason=broker_reason,
+                **fields,
             )
         else:
             for name, value in fields.items():
                 setattr(noted, name, value)
             noted.save()
+
+
+def _store_stand_in(message, exc: Exception) -> None:
+    """A row for a message the database refused even made storable: what is known, and why."""
+    DeadLetter.objects.create(
+        **_fitted(
+            reason=f"stored as a stand-in: {type(exc).__name__}: {exc}",
+            body=_body_text(message.body)[:MAX_BODY_CHARS].encode("unicode_escape").decode(),
+            content_type=message.content_type or "",
+        ),
+        received=True,
+    )
 
 
 def dead_letter_redrive(*, dead_letter_id: int) -> DeadLetter:

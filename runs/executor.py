@@ -29,7 +29,14 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
@@ -54,12 +61,14 @@ from runs.signals import run_finished
 from runs.states import (
     STEP_COLUMNS,
     Claim,
+    LeaseState,
     RunStatus,
     claim_run,
     finish_run,
     lease_state,
     store_step,
 )
+from runs.storable import storable, storable_text
 from runs.templating import TemplateError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +87,10 @@ class RunNotFound(LookupError):
 
 class DeliveryLimitReached(RuntimeError):
     """The run was claimed too often (its workers kept dying); it has been marked ERROR."""
+
+
+class StepNotStored(RuntimeError):
+    """Neither a step's result nor its stand-in could be stored; the run ends ERROR with this."""
 
 
 @dataclass
@@ -102,6 +115,64 @@ class StepRecord:
     def columns(self) -> dict[str, Any]:
         """The StepResult columns of this record."""
         return {name: getattr(self, name) for name in STEP_COLUMNS}
+
+    def stand_in(self, exc: DatabaseError) -> StepRecord:
+        """This step as ERROR, with only the database's reason: stored when the record was not."""
+        return StepRecord(
+            self.position,
+            self.name,
+            self.plugin,
+            self.is_cleanup,
+            StepStatus.ERROR,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            duration_ms=self.duration_ms,
+            error=f"its result could not be stored: {_database_reason(exc)}",
+        )
+
+
+def _database_reason(exc: DatabaseError) -> str:
+    """The database's message and its detail, fit to be stored itself."""
+    first, *more = str(exc).strip().splitlines() or [""]
+    lines = [first, *(line for line in more if line.startswith("DETAIL:"))]
+    return storable_text(f"{type(exc).__name__}: {' '.join(lines)}")[:500]
+
+
+#: Lost connections: another delivery may succeed (``runs.tasks`` retries them).
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+_UNIQUE_VIOLATION = "23505"
+
+
+def _store_step(run_id: int, worker: str, attempt: int, step: dict[str, Any]) -> LeaseState:
+    """``store_step``, once more on a new connection when the first one was lost.
+
+    A unique violation on that second try means the first was committed and only its answer
+    was lost: the step is stored, so this attempt held the run.
+    """
+    try:
+        return store_step(run_id, worker=worker, attempt=attempt, step=step)
+    except TRANSIENT_DATABASE_ERRORS:
+        logger.warning("run %s: connection lost storing a step; once more", run_id, exc_info=True)
+        connection.close()
+    try:
+        return store_step(run_id, worker=worker, attempt=attempt, step=step)
+    except IntegrityError as exc:
+        if getattr(exc.__cause__, "pgcode", None) != _UNIQUE_VIOLATION:
+            raise
+        return LeaseState.HELD
+
+
+def _finish_run(run_id: int, *, to: str, worker: str, attempt: int, **stored: Any) -> bool:
+    """``finish_run``, once more on a new connection when the first one was lost (whose commit,
+    if it happened, the second try recognises by the run's status, owner and attempt)."""
+    try:
+        return finish_run(run_id, to=to, worker=worker, attempt=attempt, **stored)
+    except TRANSIENT_DATABASE_ERRORS:
+        logger.warning("run %s: connection lost finishing; once more", run_id, exc_info=True)
+        connection.close()
+    if finish_run(run_id, to=to, worker=worker, attempt=attempt, **stored):
+        return True
+    return TestRun.objects.filter(id=run_id, status=to, worker=worker, attempt=attempt).exists()
 
 
 def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -> Outcome:
@@ -154,7 +225,10 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
         ) as lease:
             executor = _RunExecution(run_id, worker, claim, lease, delivery)
             with redacted_in_logs(executor.secrets.values):
-                status, error, last_record = executor.execute()
+                try:
+                    status, error, last_record = executor.execute()
+                except StepNotStored as exc:
+                    status, error, last_record = RunStatus.ERROR, str(exc), None
         if status is None:
             logger.warning("run %s: attempt %s lost its claim; stopped", run_id, claim.attempt)
             return Outcome.LOST
@@ -192,15 +266,37 @@ def _finish(
     *,
     last_record: StepRecord | None = None,
 ) -> bool:
-    """Store the last step and the final status in one statement; False if the run was taken."""
-    finished = finish_run(
-        run_id,
-        to=status,
-        worker=worker,
-        attempt=attempt,
-        error=error[:10000],
-        last_step=last_record.columns() if last_record is not None else None,
-    )
+    """Store the last step and the final status in one statement; False if the run was taken.
+
+    When the database refuses that (a ``DataError``, a constraint...), the run still ends, once:
+    ERROR with the database's reason, with the last step's stand-in (or without it, if even that
+    is refused); only a database that refuses even the bare status leaves the error to the task.
+    A lost connection is written once more (:func:`_finish_run`; see :meth:`_RunExecution._store`).
+    """
+    error = storable_text(error)[:10000]
+    last_step = last_record.columns() if last_record is not None else None
+    try:
+        finished = _finish_run(
+            run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=last_step
+        )
+    except TRANSIENT_DATABASE_ERRORS:
+        raise
+    except DatabaseError as exc:
+        logger.exception("run %s: the final status could not be stored", run_id)
+        status = RunStatus.ERROR
+        error = f"the final status could not be stored: {_database_reason(exc)}"
+        try:
+            stand_in = last_record.stand_in(exc).columns() if last_record is not None else None
+            finished = _finish_run(
+                run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=stand_in
+            )
+        except TRANSIENT_DATABASE_ERRORS:
+            raise
+        except DatabaseError:
+            logger.exception("run %s: the last step's stand-in could not be stored", run_id)
+            finished = _finish_run(
+                run_id, to=status, worker=worker, attempt=attempt, error=error, last_step=None
+            )
     if finished:
         transaction.on_commit(
             lambda: run_finished.send(sender=TestRun, run_id=run_id, status=status, context=context)
@@ -330,9 +426,7 @@ class _RunExecution:
     def _store_pending(self) -> None:
         if self.pending is None or self.lease.lost:
             return
-        state = store_step(
-            self.run_id, worker=self.worker, attempt=self.attempt, step=self.pending.columns()
-        )
+        state = self._store(self.pending)
         self.pending = None
         self.lease.note(state)
 
@@ -347,6 +441,46 @@ class _RunExecution:
         elif not self.lease.lost and not self.lease.fresh():
             self.lease.note(lease_state(self.run_id, worker=self.worker, attempt=self.attempt))
         return not self.lease.reason
+
+    def _store(self, record: StepRecord) -> LeaseState:
+        """Store ``record``, the latest step (``self.statuses[-1]`` is its status), if this
+        attempt still holds the run; the claim's state (LOST: not stored).
+
+        A result the database refuses (a ``DataError`` despite :func:`runs.storable.storable`,
+        a constraint...) is replaced by its stand-in, ERROR with the database's reason, and the
+        run goes on: the step did execute, later steps may rely on it and ``finally`` steps
+        still clean up; the run ends ERROR with that reason, once. Only when the stand-in is
+        refused too does the run end at once (:class:`StepNotStored`). Never is such an error
+        left to the task, which would dead-letter the message while the run stays IN_PROGRESS,
+        for the sweep to execute it against the target again once its lease lapsed.
+
+        A lost connection (``OperationalError``, ``InterfaceError``) is different. The write is
+        tried once more at once, on a new connection: a dropped connection (a database or pooler
+        restart, a failover) costs nothing, and the steps that already ran against the target are
+        not run again. When the database stays away, nothing can be written, not even ERROR: the
+        error propagates and the task retries the delivery. That is the path of a worker lost
+        mid-run, and the next attempt executes the run again, because only the database could
+        have remembered how far this one got, and it is the thing that is gone.
+        """
+        try:
+            return _store_step(self.run_id, self.worker, self.attempt, record.columns())
+        except TRANSIENT_DATABASE_ERRORS:
+            raise
+        except DatabaseError as exc:
+            logger.exception("run %s: the result of step %r was refused", self.run_id, record.name)
+            stand_in = record.stand_in(exc)
+        try:
+            state = _store_step(self.run_id, self.worker, self.attempt, stand_in.columns())
+        except TRANSIENT_DATABASE_ERRORS:
+            raise
+        except DatabaseError as exc:
+            raise StepNotStored(
+                f"{record.name}: its result could not be stored: {_database_reason(exc)}"
+            ) from exc
+        self.statuses[-1] = stand_in.status
+        self.failures = [failure for failure in self.failures if failure is not record]
+        self.failures.append(stand_in)
+        return state
 
     def _render_variables(self) -> None:
         variables = {}
@@ -382,7 +516,7 @@ class _RunExecution:
             self.scope.update(record.captures)
         stored = ("request", "response", "captures", "assertions", "tries", "error")
         redacted = redact([getattr(record, name) for name in stored], self.secrets.values)
-        for name, value in zip(stored, redacted, strict=True):
+        for name, value in zip(stored, storable(redacted), strict=True):
             setattr(record, name, value)
         return record
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -20,6 +24,7 @@ from plugins.base import (
     StepContext,
     check_json_paths,
 )
+from plugins.bodies import decode_text, summarize, summarize_text
 from plugins.outbound import IPAddress, OutboundRefused, step_outbound_check
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -27,8 +32,7 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 def _text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    limit = settings.ORCHESTRA_MAX_STORED_BODY_CHARS
-    return text if len(text) <= limit else text[:limit] + "…"
+    return summarize_text(text)
 
 
 def _request_headers(params: dict[str, Any]) -> httpx.Headers:
@@ -173,6 +177,93 @@ class CheckedTransport(httpx.HTTPTransport):
             _checked.reset(token)
 
 
+class _Watch:
+    """Ends a request in flight when the step's deadline passes or ``stop`` is set.
+
+    httpx bounds each network operation, not their sum: a server that sends one byte a second
+    never trips a read timeout. The watcher shuts the request's socket down instead, which wakes
+    the blocked read at once; the watch learns the socket from httpcore's ``trace`` hook when the
+    connection is made, and from the response's ``network_stream`` for a pooled connection.
+    """
+
+    def __init__(self, stop: threading.Event, deadline: float) -> None:
+        self.stop = stop
+        self.deadline = deadline
+        #: "stopped" or "timeout" once the watcher ended the request; "" otherwise.
+        self.reason = ""
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+
+    def __enter__(self) -> _Watch:
+        _watcher.add(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _watcher.discard(self)
+
+    def trace(self, event: str, info: dict) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.attach(info.get("return_value"))
+
+    def attach(self, stream: Any) -> None:
+        """Watch the socket under ``stream`` (an httpcore network stream)."""
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._socket = sock if isinstance(sock, socket.socket) else self._socket
+            if self.reason:
+                self._shut()
+
+    def due(self, now: float) -> bool:
+        """End the request if it is due; True when it was."""
+        reason = "stopped" if self.stop.is_set() else "timeout" if now >= self.deadline else ""
+        if reason:
+            with self._lock:
+                self.reason = reason
+                self._shut()
+        return bool(reason)
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # closed already
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+
+class _Watcher:
+    """One thread per process that checks the requests in flight every ``POLL_SECONDS``."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._watches: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: _Watch) -> None:
+        with self._changed:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="http-watch", daemon=True)
+                self._thread.start()
+            self._watches.add(watch)
+
+    def discard(self, watch: _Watch) -> None:
+        with self._changed:
+            self._watches.discard(watch)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                # Polling, not woken by each request: a wake-up per request costs it more
+                # (thread switches) than twenty idle ones a second cost the process.
+                self._changed.wait(self.POLL_SECONDS)
+                now = time.monotonic()
+                self._watches -= {watch for watch in self._watches if watch.due(now)}
+
+
+_watcher = _Watcher()
+# A lock held by the parent's watcher thread at fork time would stay held in the child.
+os.register_at_fork(after_in_child=_watcher.__init__)
+
+
 class HttpPlugin(ProtocolPlugin):
     """Sends one HTTP request with httpx.
 
@@ -232,6 +323,8 @@ class HttpPlugin(ProtocolPlugin):
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         method = params.get("method", "GET")
         timeout = min(float(params.get("timeout", context.timeout)), context.timeout)
+        # The total deadline: connect, send and read together.
+        deadline = min(context.deadline, time.monotonic() + timeout)
         request_summary: dict[str, Any] = {
             "method": method,
             "url": params["url"],
@@ -243,6 +336,7 @@ class HttpPlugin(ProtocolPlugin):
             request_summary["body"] = _text(params["json"])
         elif "body" in params:
             request_summary["body"] = _text(params["body"])
+        watch = _Watch(context.stop, deadline)
         try:
             request = self._client.build_request(
                 method,
@@ -250,62 +344,68 @@ class HttpPlugin(ProtocolPlugin):
                 headers=_request_headers(params),
                 params=params.get("query"),
                 content=_request_content(params),
-                timeout=timeout,
-                extensions={STEP_EXTENSION: context},
+                timeout=max(deadline - time.monotonic(), 0.001),
+                extensions={STEP_EXTENSION: context, "trace": watch.trace},
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise PluginError(f"invalid URL {params['url']!r}: {exc}") from None
         except (UnicodeEncodeError, ValueError, TypeError) as exc:
             # A header value outside ASCII, a NaN in the JSON body...: no retry will fix it.
             raise PluginError(f"cannot build the request to {params['url']}: {exc}") from None
+        if context.stop.is_set():
+            raise PluginError(f"{method} {params['url']} was not sent: the run is stopping")
         started = time.perf_counter()
-        try:
-            response = self._client.send(
-                request, follow_redirects=params.get("follow_redirects", False)
-            )
-        except httpx.TimeoutException:
-            raise PluginError(
-                f"{method} {params['url']} timed out after {timeout:g}s", retryable=True
-            ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise PluginError(f"invalid URL {params['url']!r}: {exc}") from None
-        except httpx.LocalProtocolError as exc:
-            # Our own request is malformed (say, a newline in a header): permanent.
-            raise PluginError(f"{method} {params['url']} is not a valid request: {exc}") from None
-        except httpx.TransportError as exc:
-            raise PluginError(
-                f"{method} {params['url']} failed: {exc or type(exc).__name__}", retryable=True
-            ) from None
-        except httpx.RequestError as exc:
-            # Too many redirects, an undecodable body: the server will answer the same again.
-            raise PluginError(
-                f"{method} {params['url']} failed: {exc or type(exc).__name__}"
-            ) from None
+        with watch:
+            try:
+                status, headers, content = self._exchange(request, params, deadline, watch)
+            except (httpx.HTTPError, _DeadlinePassed) as exc:
+                raise _plugin_error(method, params["url"], timeout, watch.reason, exc) from None
         # Measured here rather than read from ``response.elapsed``, which a transport that hands
         # back an already-read response (a mock, a cache) never sets.
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        try:
-            document = response.json() if response.content else None
-        except ValueError:
-            document = None
-        headers = {name.lower(): value for name, value in response.headers.items()}
+        text = decode_text(content, headers.get("content-type", ""))
         return PluginResult(
-            data=document,
+            data=_document(text),
             fields={
-                "status": response.status_code,
+                "status": status,
                 "headers": headers,
                 "elapsed_ms": elapsed_ms,
-                # The whole text, for body_contains; the stored summary below is truncated.
-                "body": response.text,
+                # The whole text, for body_contains (None when binary); the summary is cut.
+                "body": text,
             },
             request=request_summary,
             response={
-                "status": response.status_code,
+                "status": status,
                 "headers": headers,
-                "body": _text(response.text),
+                "body": summarize(content, headers.get("content-type", ""), text=text),
                 "elapsed_ms": elapsed_ms,
             },
         )
+
+    def _exchange(
+        self, request: httpx.Request, params: dict[str, Any], deadline: float, watch: _Watch
+    ) -> tuple[int, dict[str, str], bytearray]:
+        """Send ``request`` and read at most ORCHESTRA_MAX_RESPONSE_BYTES of its answer."""
+        limit = settings.ORCHESTRA_MAX_RESPONSE_BYTES
+        response = self._client.send(
+            request, follow_redirects=params.get("follow_redirects", False), stream=True
+        )
+        try:
+            watch.attach(response.extensions.get("network_stream"))
+            headers = {name.lower(): value for name, value in response.headers.items()}
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _TooBig(limit)
+            content = bytearray()  # grown in place: never a second copy of the body
+            for chunk in response.iter_bytes():
+                if len(content) + len(chunk) > limit:
+                    raise _TooBig(limit)
+                if time.monotonic() >= deadline:
+                    raise _DeadlinePassed()
+                content += chunk
+            return response.status_code, headers, content
+        finally:
+            response.close()
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         assertions: list[Assertion] = []
@@ -336,14 +436,17 @@ class HttpPlugin(ProtocolPlugin):
                 assertions.extend(check_json_paths(expect["json"], result.data))
         if "body_contains" in expect:
             body = result.fields.get("body", result.response.get("body", ""))
-            passed = expect["body_contains"] in body
+            passed = isinstance(body, str) and expect["body_contains"] in body
+            message = f"body does not contain {expect['body_contains']!r}"
+            if not isinstance(body, str):
+                message = "the response body is binary, not text"
             assertions.append(
                 Assertion(
                     "body_contains",
                     passed,
                     expect["body_contains"],
                     None,
-                    "" if passed else f"body does not contain {expect['body_contains']!r}",
+                    "" if passed else message,
                 )
             )
         if "response_time_ms" in expect:
@@ -359,3 +462,43 @@ class HttpPlugin(ProtocolPlugin):
                 )
             )
         return assertions
+
+
+class _DeadlinePassed(Exception):
+    """The step's total deadline passed while the answer was being read."""
+
+
+class _TooBig(httpx.HTTPError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the response body exceeds ORCHESTRA_MAX_RESPONSE_BYTES ({limit} bytes)")
+
+
+def _document(text: str | None) -> Any:
+    """The JSON document a text body holds, or None."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _plugin_error(
+    method: str, url: str, timeout: float, watched: str, exc: Exception
+) -> PluginError:
+    """The step's error for what ended the exchange (the watch's reason first: it caused it)."""
+    if watched == "stopped":
+        return PluginError(f"{method} {url} was interrupted: the run is stopping")
+    if watched == "timeout" or isinstance(exc, httpx.TimeoutException | _DeadlinePassed):
+        return PluginError(f"{method} {url} timed out after {timeout:g}s", retryable=True)
+    if isinstance(exc, _TooBig):
+        return PluginError(f"{method} {url}: {exc}")
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return PluginError(f"invalid URL {url!r}: {exc}")
+    if isinstance(exc, httpx.LocalProtocolError):
+        # Our own request is malformed (say, a newline in a header): permanent.
+        return PluginError(f"{method} {url} is not a valid request: {exc}")
+    if isinstance(exc, httpx.TransportError):
+        return PluginError(f"{method} {url} failed: {exc or type(exc).__name__}", retryable=True)
+    # Too many redirects, an undecodable body: the server will answer the same again.
+    return PluginError(f"{method} {url} failed: {exc or type(exc).__name__}")
