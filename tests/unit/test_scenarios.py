@@ -71,7 +71,7 @@ def test_every_problem_is_listed_under_definition(db):
     definition = {
         "steps": [
             {"name": "a", "plugin": "http", "timeout": 0, "with": {"url": "http://t.test/"}},
-            {"name": "b", "plugin": "sql"},
+            {"name": "b", "plugin": "soap"},
         ]
     }
 
@@ -81,7 +81,7 @@ def test_every_problem_is_listed_under_definition(db):
     messages = definition_messages(caught.value)
     assert len(messages) == 2
     assert messages[0].startswith("steps[0] (a): timeout: ")
-    assert messages[1].startswith("steps[1] (b): plugin: unknown plugin 'sql'")
+    assert messages[1].startswith("steps[1] (b): plugin: unknown plugin 'soap'")
 
 
 def test_scenario_save_creates_a_scenario_with_the_description_from_the_definition(db):
