@@ -21,6 +21,8 @@ ENTRY_POINT_GROUP = "orchestra.plugins"
 BUILTIN_PLUGINS = {
     "http": "plugins.http:HttpPlugin",
     "delay": "plugins.delay:DelayPlugin",
+    "amqp": "plugins.amqp:AmqpPlugin",
+    "mqtt": "plugins.mqtt:MqttPlugin",
 }
 
 
