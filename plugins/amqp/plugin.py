@@ -405,8 +405,11 @@ class AmqpPlugin(ProtocolPlugin):
         request = {"url": url.masked(), "queue": queue, "count": count, "match": match}
         received: list[tuple[amqp.Message, dict[str, Any]]] = []
         matched: list[tuple[amqp.Message, dict[str, Any]]] = []
+        done = threading.Event()
 
         def on_message(raw: amqp.Message) -> None:
+            if done.is_set():
+                return  # arrived while cancelling: unacked, the broker requeues it at close
             message = _message(raw)
             received.append((raw, message))
             if len(matched) < count and _matches(match, message["data"]):
@@ -416,20 +419,19 @@ class AmqpPlugin(ProtocolPlugin):
         try:
             channel = connection.channel()
             channel.basic_qos(0, PREFETCH, False)
-            channel.basic_consume(queue, callback=on_message)
+            tag = channel.basic_consume(queue, callback=on_message)
             while len(matched) < count and context.remaining() > 0 and not context.stop.is_set():
                 try:
                     connection.drain_events(timeout=min(context.remaining(), 0.1))
                 except TimeoutError:
                     continue
+            done.set()
+            channel.basic_cancel(tag)
             # Only a full set is taken: after a shortfall a retry sees the same messages again.
-            taken = {id(raw) for raw, _ in matched} if len(matched) == count else set()
-            for raw, _ in received:
-                tag = raw.delivery_info["delivery_tag"]
-                if id(raw) in taken:
-                    channel.basic_ack(tag)
-                else:
-                    channel.basic_reject(tag, requeue=True)
+            # The rest stay unacknowledged, and the broker requeues them when the channel closes.
+            if len(matched) == count:
+                for raw, _ in matched:
+                    channel.basic_ack(raw.delivery_info["delivery_tag"])
         except Exception as exc:
             raise amqp_error(exc, f"consuming from queue {queue!r} at {url.masked()}") from None
         finally:
