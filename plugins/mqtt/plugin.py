@@ -100,6 +100,7 @@ def connect(params: dict[str, Any], context: StepContext) -> mqtt.Client:
     answer: list[ReasonCode] = []
     client.on_connect = lambda _c, _u, _flags, reason, _props: answer.append(reason)
     failure: Exception | None = None
+    sent = False  # CONNECT written: the broker's CONNACK is awaited below
     for address in addresses:
         remaining = context.remaining()
         if remaining <= 0:
@@ -110,8 +111,9 @@ def connect(params: dict[str, Any], context: StepContext) -> mqtt.Client:
         except (OSError, ValueError) as exc:
             failure = exc
             continue
+        sent = True
         break
-    else:
+    if not sent:
         detail = f": {failure}" if failure else " timed out"
         raise PluginError(f"connecting to {where} failed{detail}", retryable=True)
     try:

@@ -81,7 +81,7 @@ def test_publish_is_confirmed_and_the_message_is_really_on_the_queue(url, queue)
             "routing_key": queue,
             "json": {"order_id": 7},
             "headers": {"x-tenant": "acme"},
-            "properties": {"correlation_id": "c-1", "message_id": "m-1"},
+            "properties": {"correlation_id": "c-1", "message_id": "m-1", "timestamp": 1700000000},
             "declare": {"queue": queue},
         },
         context(),
@@ -95,6 +95,7 @@ def test_publish_is_confirmed_and_the_message_is_really_on_the_queue(url, queue)
     assert message.headers == {"x-tenant": "acme"}
     assert message.properties["correlation_id"] == "c-1"
     assert message.properties["delivery_mode"] == 2  # persistent by default
+    assert message.properties["timestamp"] == 1700000000
     assert message.content_type == "application/json"
 
 
