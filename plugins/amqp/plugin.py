@@ -94,8 +94,13 @@ LISTEN_SCHEMA: dict[str, Any] = {
         "exchange": {**_NAME, "minLength": 1},
         "routing_key": {**_NAME, "default": "#"},
     },
-    "oneOf": [{"required": ["queue"]}, {"required": ["exchange"]}],
-    "not": {"required": ["queue", "routing_key"]},
+    # A queue of its own, or a new one bound to an exchange: one or the other.
+    "if": {"not": {"required": ["queue"]}},
+    "then": {"required": ["exchange"]},
+    "allOf": [
+        {"not": {"required": ["queue", "exchange"]}},
+        {"not": {"required": ["queue", "routing_key"]}},
+    ],
 }
 
 

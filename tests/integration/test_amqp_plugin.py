@@ -10,6 +10,7 @@ import uuid
 import pytest
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
+from jsonschema import Draft202012Validator
 from kombu import Connection, Exchange, Producer, Queue
 
 from plugins.amqp import AmqpPlugin
@@ -269,3 +270,16 @@ def test_bad_parameters_are_refused_on_save_naming_step_and_field(step, path, me
         problem.startswith(f"steps[0] (publish order): {path}:") and message in problem
         for problem in problems
     ), problems
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"url": "amqp://h/v"},
+        {"url": "amqp://h/v", "queue": "q", "exchange": "x"},
+        {"url": "amqp://h/v", "queue": "q", "routing_key": "k"},
+        {"url": "amqp://h/v", "exchange": "x", "count": 1},
+    ],
+)
+def test_a_listen_block_needs_a_queue_or_an_exchange(params):
+    assert not Draft202012Validator(AmqpPlugin.listen_schema).is_valid(params)
