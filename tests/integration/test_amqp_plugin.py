@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import uuid
 
@@ -283,3 +284,27 @@ def test_bad_parameters_are_refused_on_save_naming_step_and_field(step, path, me
 )
 def test_a_listen_block_needs_a_queue_or_an_exchange(params):
     assert not Draft202012Validator(AmqpPlugin.listen_schema).is_valid(params)
+
+
+def test_a_message_the_broker_nacks_is_a_retryable_error(url):
+    name = f"full-{uuid.uuid4().hex[:8]}"
+    with Connection(url) as connection:
+        Queue(name, queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"})(
+            connection
+        ).declare()
+    try:
+        with pytest.raises(PluginError, match="the broker refused the message") as raised:
+            plugin.execute({"url": url, "routing_key": name, "body": "x"}, context())
+        assert raised.value.retryable
+    finally:
+        with Connection(url) as connection:
+            connection.default_channel.queue_delete(name)
+
+
+def test_a_consume_stops_promptly_when_the_run_must_stop(url, queue):
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(PluginError, match="no message arrived"):
+        plugin.execute({"url": url, "queue": queue}, context(timeout=30, stop=stop))
+    assert time.monotonic() - started < 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -221,3 +222,12 @@ def test_bad_parameters_are_refused_on_save_naming_step_and_field(step, path, me
         problem.startswith(f"steps[0] (publish event): {path}:") and message in problem
         for problem in problems
     ), problems
+
+
+def test_a_subscribe_stops_promptly_when_the_run_must_stop(prefix):
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(PluginError, match="no message arrived"):
+        plugin.execute({"host": HOST, "topic": f"{prefix}/x"}, context(timeout=30, stop=stop))
+    assert time.monotonic() - started < 3
