@@ -145,12 +145,16 @@ def subscribe(client: mqtt.Client, params: dict[str, Any], context: StepContext)
 class MqttListener(Listener):
     """A subscription on its own client, whose network thread delivers every message."""
 
-    def __init__(self, client: mqtt.Client, topic: str) -> None:
+    def __init__(self, client: mqtt.Client, topic: str, qos: int) -> None:
         super().__init__()
         self.client = client
         self.topic = topic
         # Set before subscribing: a retained message may arrive right after the SUBACK.
         client.on_message = lambda _c, _u, raw: self.deliver(_message(raw))
+        # paho's thread reconnects after a lost connection, to a clean session: subscribe again.
+        client.on_connect = lambda _c, _u, _f, reason, _p: (
+            None if reason.is_failure else client.subscribe(topic, qos=qos)
+        )
 
     def start(self) -> None:
         """Hand the client to paho's network thread, once the subscription is confirmed."""
@@ -286,7 +290,7 @@ class MqttPlugin(ProtocolPlugin):
 
     def listen(self, params: dict[str, Any], context: StepContext) -> MqttListener:
         client = connect(params, context)
-        listener = MqttListener(client, params["topic"])
+        listener = MqttListener(client, params["topic"], params.get("qos", 0))
         try:
             subscribe(client, params, context)
         except PluginError:
