@@ -233,6 +233,9 @@ ORCHESTRA_OUTBOUND_ALLOW = env_list("ORCHESTRA_OUTBOUND_ALLOW", [])
 ORCHESTRA_OUTBOUND_DENY = env_list("ORCHESTRA_OUTBOUND_DENY", [])
 ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE = env_bool("ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE", True)
 ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE = env_list("ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE", [])
+# The amqp plugin refuses orchestra's own vhost on its own broker even where
+# OPEN_INFRASTRUCTURE opens the broker's address; true allows it.
+ORCHESTRA_AMQP_ALLOW_OWN_VHOST = env_bool("ORCHESTRA_AMQP_ALLOW_OWN_VHOST", False)
 # RabbitMQ's management API; empty: port 15672 of each broker host.
 ORCHESTRA_BROKER_MANAGEMENT_URL = env_str("ORCHESTRA_BROKER_MANAGEMENT_URL", "")
 # Every URL orchestra's web server answers at (its bind address, its public URL): steps may not

@@ -22,6 +22,8 @@ BUILTIN_PLUGINS = {
     "http": "plugins.http:HttpPlugin",
     "delay": "plugins.delay:DelayPlugin",
     "sql": "plugins.sql:SqlPlugin",
+    "amqp": "plugins.amqp:AmqpPlugin",
+    "mqtt": "plugins.mqtt:MqttPlugin",
 }
 
 

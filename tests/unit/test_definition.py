@@ -149,7 +149,7 @@ INVALID = [
         "unknown-plugin",
         definition(http(), {"name": "query db", "plugin": "soap"}),
         "steps[1] (query db): plugin",
-        "unknown plugin 'soap' (installed: delay, http",
+        "unknown plugin 'soap' (installed: ",
     ),
     (
         "http-method-unknown",
