@@ -182,6 +182,8 @@ ORCHESTRA_PUBLISH_GRACE_SECONDS = env_float("ORCHESTRA_PUBLISH_GRACE_SECONDS", 1
 ORCHESTRA_SWEEP_INTERVAL_SECONDS = env_float("ORCHESTRA_SWEEP_INTERVAL_SECONDS", 5.0)
 # Stored response bodies are cut to this many characters.
 ORCHESTRA_MAX_STORED_BODY_CHARS = env_int("ORCHESTRA_MAX_STORED_BODY_CHARS", 4096)
+# A response body longer than this ends its step ERROR; a worker never holds more of one.
+ORCHESTRA_MAX_RESPONSE_BYTES = env_int("ORCHESTRA_MAX_RESPONSE_BYTES", 8 * 1024 * 1024)
 # Timeout of a step that names none (seconds).
 ORCHESTRA_DEFAULT_STEP_TIMEOUT = env_float("ORCHESTRA_DEFAULT_STEP_TIMEOUT", 30.0)
 # Upper bound for steps in one scenario.

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "orchestra.plugins"
 BUILTIN_PLUGINS = {
     "http": "plugins.http:HttpPlugin",
     "delay": "plugins.delay:DelayPlugin",
+    "graphql": "plugins.graphql:GraphqlPlugin",
 }
 
 

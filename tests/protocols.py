@@ -1,0 +1,106 @@
+"""For the protocol plugins' tests: real servers, each on a free 127.0.0.1 port in a thread,
+and what a scenario save says about a bad step."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from graphql import GraphQLError, build_schema, graphql_sync
+
+from runs.definition import DefinitionError
+from runs.services import scenario_save
+
+GRAPHQL_SDL = """
+type User { id: ID!, name: String! }
+type Query {
+  user(id: ID!): User
+  boom: String
+  whoami: String
+}
+type Mutation { rename(id: ID!, name: String!): User }
+"""
+
+
+class _GraphqlRoot:
+    """Resolvers: users held in memory, one that always fails, one that echoes a header."""
+
+    def __init__(self) -> None:
+        self.users = {"1": {"id": "1", "name": "Ada"}, "2": {"id": "2", "name": "Grace"}}
+
+    def user(self, info, id: str) -> dict[str, str] | None:
+        return self.users.get(id)
+
+    def boom(self, info) -> str:
+        raise GraphQLError("boom: the resolver failed")
+
+    def whoami(self, info) -> str:
+        return info.context["authorization"]
+
+    def rename(self, info, id: str, name: str) -> dict[str, str] | None:
+        if id in self.users:
+            self.users[id] = {"id": id, "name": name}
+        return self.users.get(id)
+
+
+class _GraphqlHandler(BaseHTTPRequestHandler):
+    server: GraphqlServer
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        operation = json.loads(self.rfile.read(length))
+        self.server.requests.append({"operation": operation, "headers": dict(self.headers)})
+        result = graphql_sync(
+            self.server.schema,
+            operation["query"],
+            root_value=self.server.root,
+            context_value={"authorization": self.headers.get("Authorization", "")},
+            variable_values=operation.get("variables"),
+            operation_name=operation.get("operationName"),
+        )
+        document: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            document["errors"] = [error.formatted for error in result.errors]
+        body = json.dumps(document).encode()
+        # A GraphQL error is an answer like any other: HTTP 200 (graphql-over-http, JSON).
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class GraphqlServer(ThreadingHTTPServer):
+    """graphql-core behind http.server: a query, a mutation and a resolver that errors."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.schema = build_schema(GRAPHQL_SDL)
+        self.root = _GraphqlRoot()
+        self.requests: list[dict[str, Any]] = []
+        super().__init__(("127.0.0.1", 0), _GraphqlHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/graphql"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def refusal_on_save(step: dict[str, Any]) -> str:
+    """The text of the refusal a scenario made of ``step`` meets when it is saved."""
+    try:
+        scenario_save(name="refused", definition={"steps": [step]})
+    except (DefinitionError, ValidationError) as exc:
+        return str(exc)
+    raise AssertionError(f"the step was saved: {step}")
