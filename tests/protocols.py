@@ -7,9 +7,12 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from django.core.exceptions import ValidationError
 from graphql import GraphQLError, build_schema, graphql_sync
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
 
 from runs.definition import DefinitionError
 from runs.services import scenario_save
@@ -95,6 +98,52 @@ class GraphqlServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+def _chat_if_offered(connection: ServerConnection, offered: list[str]) -> str | None:
+    return "chat.v1" if "chat.v1" in offered else None
+
+
+class WebSocketServer:
+    """A websockets server by path: ``/echo`` answers every message with itself, ``/push?n=N``
+    sends N JSON messages ``{"n": i}`` then echoes, ``/close?code=C`` sends one message and
+    closes with code C, ``/headers`` sends the request's headers as JSON then echoes.
+
+    ``closed`` lists ``(request path, close code)`` for every connection that ended, as the server saw
+    it."""
+
+    def __init__(self) -> None:
+        self.closed: list[tuple[str, int | None]] = []
+        self._server = serve(self._handle, "127.0.0.1", 0, select_subprotocol=_chat_if_offered)
+        self.port = self._server.socket.getsockname()[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _handle(self, connection: ServerConnection) -> None:
+        parts = urlsplit(connection.request.path)
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        try:
+            if parts.path == "/push":
+                for number in range(int(query.get("n", "1"))):
+                    connection.send(json.dumps({"n": number}))
+            elif parts.path == "/close":
+                connection.send(json.dumps({"bye": True}))
+                connection.close(int(query["code"]), "server says bye")
+                return
+            elif parts.path == "/headers":
+                connection.send(json.dumps(dict(connection.request.headers.raw_items())))
+            for message in connection:
+                connection.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.append((connection.request.path, connection.close_code))
+
+    def stop(self) -> None:
+        self._server.shutdown()
 
 
 def refusal_on_save(step: dict[str, Any]) -> str:
