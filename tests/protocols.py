@@ -109,8 +109,8 @@ class WebSocketServer:
     sends N JSON messages ``{"n": i}`` then echoes, ``/close?code=C`` sends one message and
     closes with code C, ``/headers`` sends the request's headers as JSON then echoes.
 
-    ``closed`` lists ``(request path, close code)`` for every connection that ended, as the server saw
-    it."""
+    ``closed`` lists ``(request path, close code)`` for every connection that ended, as the
+    server saw it."""
 
     def __init__(self) -> None:
         self.closed: list[tuple[str, int | None]] = []
