@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = {
     "http": "plugins.http:HttpPlugin",
     "delay": "plugins.delay:DelayPlugin",
     "graphql": "plugins.graphql:GraphqlPlugin",
+    "grpc": "plugins.grpc:GrpcPlugin",
     "websocket": "plugins.websocket:WebSocketPlugin",
 }
 

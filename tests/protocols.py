@@ -4,13 +4,22 @@ and what a scenario save says about a bad step."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 from django.core.exceptions import ValidationError
+from google.protobuf.descriptor_pb2 import FileDescriptorSet
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message_factory import GetMessageClass
 from graphql import GraphQLError, build_schema, graphql_sync
+from grpc_reflection.v1alpha import reflection
+from grpc_tools import protoc
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
@@ -144,6 +153,92 @@ class WebSocketServer:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+PROTO_ROOT = Path(__file__).resolve().parent / "protos"
+GREETER_PROTO = "orchestra_test/greeter.proto"
+GREETER = "orchestra.test.Greeter"
+
+
+def _greeter_pool() -> DescriptorPool:
+    """tests/protos' greeter compiled by grpcio-tools' protoc, as descriptors."""
+    with tempfile.TemporaryDirectory() as directory:
+        output = Path(directory) / "greeter.pb"
+        status = protoc.main(
+            ["protoc", f"-I{PROTO_ROOT}", f"--descriptor_set_out={output}", GREETER_PROTO]
+        )
+        assert status == 0, "protoc could not compile the greeter"
+        descriptor_set = FileDescriptorSet.FromString(output.read_bytes())
+    pool = DescriptorPool()
+    for proto in descriptor_set.file:
+        pool.Add(proto)
+    return pool
+
+
+class GrpcServer:
+    """The greeter on grpcio: SayHello (unary; echoes the authorization metadata, trailing
+    ``x-served-by``), CountTo (server streaming), Fail (INVALID_ARGUMENT without a name,
+    NOT_FOUND with one), Slow (answers when cancelled, or after 10 s). ``reflection`` turns
+    server reflection on."""
+
+    def __init__(self, *, reflection_enabled: bool = True) -> None:
+        pool = _greeter_pool()
+        service = pool.FindServiceByName(GREETER)
+        self.messages = {
+            name: GetMessageClass(pool.FindMessageTypeByName(f"orchestra.test.{name}"))
+            for name in ("HelloRequest", "HelloReply", "CountRequest", "CountReply")
+        }
+        handlers = {}
+        for method in service.methods:
+            request = GetMessageClass(method.input_type)
+            response = GetMessageClass(method.output_type)
+            kind = grpc.unary_stream_rpc_method_handler
+            if not method.server_streaming:
+                kind = grpc.unary_unary_rpc_method_handler
+            handlers[method.name] = kind(
+                getattr(self, method.name),
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(GREETER, handlers)]
+        )
+        if reflection_enabled:
+            reflection.enable_server_reflection(
+                [GREETER, reflection.SERVICE_NAME], self.server, pool
+            )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def SayHello(self, request, context: grpc.ServicerContext):
+        metadata = dict(context.invocation_metadata())
+        context.set_trailing_metadata([("x-served-by", "greeter")])
+        return self.messages["HelloReply"](
+            message=f"Hello, {request.name}!", authorization=metadata.get("authorization", "")
+        )
+
+    def CountTo(self, request, context: grpc.ServicerContext):
+        for number in range(1, request.up_to + 1):
+            yield self.messages["CountReply"](n=number)
+
+    def Fail(self, request, context: grpc.ServicerContext):
+        if not request.name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name must not be empty")
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no greeting for {request.name}")
+
+    def Slow(self, request, context: grpc.ServicerContext):
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        cancelled.wait(10)
+        return self.messages["HelloReply"](message="late")
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
 
 
 def refusal_on_save(step: dict[str, Any]) -> str:
