@@ -147,9 +147,9 @@ INVALID = [
     # --- the plugin's own schemas ---
     (
         "unknown-plugin",
-        definition(http(), {"name": "query db", "plugin": "sql"}),
+        definition(http(), {"name": "query db", "plugin": "soap"}),
         "steps[1] (query db): plugin",
-        "unknown plugin 'sql' (installed: delay, http)",
+        "unknown plugin 'soap' (installed: delay, ",
     ),
     (
         "http-method-unknown",
