@@ -14,6 +14,7 @@ from django.test import override_settings
 from plugins.base import PluginError, StepContext
 from plugins.grpc import GrpcPlugin
 from tests.protocols import GREETER, GREETER_PROTO, PROTO_ROOT, GrpcServer, refusal_on_save
+from tests.unit.test_outbound_http import FakeDns
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,15 @@ def test_a_unary_call_through_reflection_passes_with_json_and_trailing_metadata(
     assert failed(plugin.check(expect, result)) == []
     assert plugin.capture("$.message", result) == "Hello, Ada!"
     assert result.response["trailing_metadata"]["x-served-by"] == "greeter"
+
+
+def test_the_channel_dials_the_checked_address_of_a_name(plugin, server, monkeypatch):
+    # grpc's own resolver does not know greeter.test: only the checked address reaches it.
+    dns = FakeDns(monkeypatch, {"greeter.test": ["127.0.0.1"]})
+    params = {"target": f"greeter.test:{server.port}", "method": f"{GREETER}/SayHello"}
+
+    assert plugin.execute(params, context()).data["message"] == "Hello, !"
+    assert dns.asked == ["greeter.test"]
 
 
 def test_a_server_stream_gives_the_list_of_responses(plugin, server):

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from websockets.sync.server import serve
 
 from plugins.base import PluginError, StepContext
 from plugins.resources import RunResources
 from plugins.websocket import WebSocketPlugin
 from tests.protocols import WebSocketServer, refusal_on_save
 from tests.support import wait_for
+from tests.unit.test_outbound_http import FakeDns
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +201,42 @@ def test_the_outbound_policy_refuses_the_broker_and_an_unknown_session(plugin):
 def test_a_bad_block_is_refused_on_save_naming_the_step_and_field(block, problem):
     refusal = refusal_on_save({"name": "talk", "plugin": "websocket", "with": block})
     assert "steps[0] (talk)" in refusal and problem in refusal, refusal
+
+
+@pytest.fixture
+def wss_server(tmp_path, monkeypatch) -> Iterator[tuple[int, list[str]]]:
+    """A wss:// echo server on 127.0.0.1 whose certificate names only tls.test (trusted)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=tls.test"]
+        + ["-addext", "subjectAltName=DNS:tls.test"],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the plugin makes its context
+    names: list[str] = []
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    tls.sni_callback = lambda connection, name, _: names.append(name)
+
+    def echo(connection) -> None:
+        for message in connection:
+            connection.send(message)
+
+    server = serve(echo, "127.0.0.1", 0, ssl=tls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.socket.getsockname()[1], names
+    server.shutdown()
+
+
+def test_wss_connects_to_the_checked_address_and_verifies_the_name(plugin, wss_server, monkeypatch):
+    port, names = wss_server
+    dns = FakeDns(monkeypatch, {"tls.test": ["127.0.0.1"]})
+    params = {"url": f"wss://tls.test:{port}/", "send": {"text": "hi"}, "receive": {"count": 1}}
+
+    assert plugin.execute(params, context()).data == ["hi"]
+    assert dns.asked == ["tls.test"]  # resolved once, by the outbound check
+    assert names == ["tls.test"]  # SNI is the URL's name, not the address connected to
+    with pytest.raises(PluginError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+        plugin.execute({"url": f"wss://127.0.0.1:{port}/"}, context())
