@@ -107,3 +107,26 @@ def test_an_unreachable_server_ends_the_run_error_after_its_retries(live_db, wor
     step = run.steps.get()
     assert step.status == "ERROR"
     assert [attempt["try"] for attempt in step.tries] == [1, 2]  # retryable: tried again
+
+
+def test_a_grpc_status_is_a_failed_assertion_when_named_and_else_a_permanent_error(
+    live_db, worker, servers
+):
+    call = {"target": servers["grpc"].target, "method": f"{GREETER}/Fail", "request": {}}
+    retry = {"attempts": 3, "interval": 0}
+    asserted = make_scenario(
+        [{"name": "fail", "plugin": "grpc", "with": call, "expect": {"code": "NOT_FOUND"}}]
+    )
+    unexpected = make_scenario([{"name": "fail", "plugin": "grpc", "with": call, "retry": retry}])
+
+    failed_run = finished(run_start(scenario=asserted).id)
+    error_run = finished(run_start(scenario=unexpected).id)
+
+    assert failed_run.status == "FAILED"
+    assert "code is INVALID_ARGUMENT (name must not be empty), expected NOT_FOUND" in (
+        failed_run.steps.get().error
+    )
+    assert error_run.status == "ERROR"
+    step = error_run.steps.get()
+    assert "ended INVALID_ARGUMENT: name must not be empty" in step.error
+    assert [attempt["try"] for attempt in step.tries] == [1]  # permanent: not tried again
