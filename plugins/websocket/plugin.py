@@ -186,6 +186,8 @@ class WebSocketPlugin(ProtocolPlugin):
             return self._exchange(params, context, connection, session, request)
         finally:
             if session is None:  # the one-step form: nothing outlives the step
+                # Its close handshake waits no longer than the step may still take.
+                connection.close_timeout = min(CLOSE_TIMEOUT, max(context.remaining(), 0.1))
                 connection.close()
 
     def _exchange(
