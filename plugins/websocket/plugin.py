@@ -296,6 +296,9 @@ def _connect(params: dict[str, Any], context: StepContext) -> ClientConnection:
     except (InvalidHandshake, InvalidURI, ValueError) as exc:
         sock.close()
         raise PluginError(f"WebSocket handshake with {url} failed: {exc}") from None
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise PluginError(f"TLS with {url} failed: {exc.verify_message}") from None
     except (OSError, TimeoutError, ConnectionClosed) as exc:
         sock.close()
         raise PluginError(
