@@ -58,9 +58,8 @@ def _together(*names: str) -> dict[str, Any]:
 class WebSocketSession:
     """A connection a ``connect`` step keeps open as ``as: NAME``; closed with the run."""
 
-    def __init__(self, connection: ClientConnection, url: str) -> None:
+    def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
-        self.url = url
         #: The listener that reads this connection, if one does: then steps may not receive.
         self.listener: WebSocketListener | None = None
 
@@ -176,7 +175,7 @@ class WebSocketPlugin(ProtocolPlugin):
             )
             session = None
             if "as" in params:
-                session = WebSocketSession(connection, params["url"])
+                session = WebSocketSession(connection)
                 context.resources.add(params["as"], session)
         else:
             session = context.resources.get(params["session"], WebSocketSession)
@@ -200,7 +199,9 @@ class WebSocketPlugin(ProtocolPlugin):
     ) -> PluginResult:
         sent = params.get("send", [])
         sent = sent if isinstance(sent, list) else [sent]
-        request["sent"] = [_send(connection, message) for message in sent]
+        # A kept session that the server closed stays closed: only a fresh connection may help.
+        reconnects = session is None
+        request["sent"] = [_send(connection, message, reconnects) for message in sent]
         received: list[dict[str, Any]] = []
         skipped = 0
         if "receive" in params:
@@ -320,7 +321,7 @@ def _open_socket(url: str, addresses: list, port: int, context: StepContext) -> 
     raise PluginError(f"cannot connect to {url}: {reason}", retryable=True)
 
 
-def _send(connection: ClientConnection, message: dict[str, Any]) -> Any:
+def _send(connection: ClientConnection, message: dict[str, Any], retryable: bool) -> Any:
     """Send one ``{text|json|binary}`` message; what is stored of it."""
     if "binary" in message:
         try:
@@ -338,7 +339,7 @@ def _send(connection: ClientConnection, message: dict[str, Any]) -> Any:
     try:
         connection.send(data)
     except ConnectionClosed as exc:
-        raise PluginError(f"the connection is closed ({exc})", retryable=True) from None
+        raise PluginError(f"the connection is closed ({exc})", retryable=retryable) from None
     return summary
 
 

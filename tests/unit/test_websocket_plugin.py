@@ -109,7 +109,10 @@ def test_a_close_step_sends_its_code(plugin, server):
 
     wait_for(lambda: ("/echo?s=3", 4100) in server.closed, timeout=5, message="the close")
     assert result.fields["close_code"] == 4100
-    resources.close_all()  # closing a closed session is harmless
+    with pytest.raises(PluginError, match="the connection is closed") as caught:
+        plugin.execute({"session": "ws", "send": {"text": "late"}}, context(resources))
+    assert not caught.value.retryable  # a closed session stays closed
+    assert resources.close_all() == []  # closing a closed session is harmless
 
 
 def test_a_listener_on_a_url_keeps_messages_that_arrived_before_the_await(plugin, server):
