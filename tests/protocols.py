@@ -178,10 +178,12 @@ def _greeter_pool() -> DescriptorPool:
 class GrpcServer:
     """The greeter on grpcio: SayHello (unary; echoes the authorization metadata, trailing
     ``x-served-by``), CountTo (server streaming), Fail (INVALID_ARGUMENT without a name,
-    NOT_FOUND with one), Slow (answers when cancelled, or after 10 s). ``reflection`` turns
-    server reflection on."""
+    NOT_FOUND with one), Slow (answers when cancelled, or after 10 s). ``reflection_enabled``
+    turns server reflection on; ``tls`` is ``(private key, certificate)`` in PEM."""
 
-    def __init__(self, *, reflection_enabled: bool = True) -> None:
+    def __init__(
+        self, *, reflection_enabled: bool = True, tls: tuple[bytes, bytes] | None = None
+    ) -> None:
         pool = _greeter_pool()
         service = pool.FindServiceByName(GREETER)
         self.messages = {
@@ -208,7 +210,11 @@ class GrpcServer:
             reflection.enable_server_reflection(
                 [GREETER, reflection.SERVICE_NAME], self.server, pool
             )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            credentials = grpc.ssl_server_credentials([tls])
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.server.start()
 
     @property

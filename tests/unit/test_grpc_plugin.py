@@ -3,7 +3,10 @@ calls, status codes as errors or assertions, schemas from reflection or .proto f
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from django.test import override_settings
 from plugins.base import PluginError, StepContext
 from plugins.grpc import GrpcPlugin
 from tests.protocols import GREETER, GREETER_PROTO, PROTO_ROOT, GrpcServer, refusal_on_save
+from tests.support import ROOT
 from tests.unit.test_outbound_http import FakeDns
 
 
@@ -178,3 +182,58 @@ def test_protos_compiled_at_run_time_serve_a_server_without_reflection(plugin):
 def test_a_bad_block_is_refused_on_save_naming_the_step_and_field(block, problem):
     refusal = refusal_on_save({"name": "call", "plugin": "grpc", **block})
     assert "steps[0] (call)" in refusal and problem in refusal, refusal
+
+
+# grpc-core reads its default roots once per process: the TLS call runs in a process of its own
+# that trusts the test certificate from the start.
+TLS_CALL = """
+import os, socket, sys
+import django
+django.setup()
+from plugins.base import StepContext
+from plugins.grpc import GrpcPlugin
+from tests.protocols import GREETER, GrpcServer
+
+real = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *a, **k: real(
+    "127.0.0.1" if host == "tls.test" else host, *a, **k
+)
+server = GrpcServer(tls=(open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()))
+step = StepContext(run_id=1, step_name="tls", timeout=5)
+for host in ("tls.test", "127.0.0.1"):
+    params = {"target": f"{host}:{server.port}", "method": f"{GREETER}/SayHello", "tls": True}
+    try:
+        print(host, GrpcPlugin().execute(params, step).data["message"])
+    except Exception as exc:
+        print(host, "refused:", exc)
+server.stop()
+"""
+
+
+def test_tls_dials_the_checked_address_and_verifies_the_targets_name(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=tls.test"]
+        + ["-addext", "subjectAltName=DNS:tls.test"],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(cert),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", TLS_CALL, str(key), str(cert)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    lines = done.stdout.splitlines()
+    assert lines[0] == "tls.test Hello, !", done.stdout + done.stderr
+    # The bare address is not the certificate's name: the reflection call cannot connect.
+    assert lines[1].startswith("127.0.0.1 refused: reflection failed: UNAVAILABLE"), done.stdout
