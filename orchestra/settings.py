@@ -245,3 +245,5 @@ ORCHESTRA_WEB_URLS = env_list("ORCHESTRA_WEB_URLS", ["http://127.0.0.1:8000"])
 ORCHESTRA_FLOWER_URL = env_str("ORCHESTRA_FLOWER_URL", "http://127.0.0.1:5555/")
 # A scraper presenting "Authorization: Bearer <token>" may read /metrics; empty: users only.
 ORCHESTRA_METRICS_TOKEN = env_str("ORCHESTRA_METRICS_TOKEN", "")
+# The folder the grpc plugin's `protos` paths are read from (a step names files inside it only).
+ORCHESTRA_GRPC_PROTO_ROOT = Path(env_str("ORCHESTRA_GRPC_PROTO_ROOT", str(BASE_DIR / "protos")))

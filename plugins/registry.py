@@ -24,6 +24,9 @@ BUILTIN_PLUGINS = {
     "sql": "plugins.sql:SqlPlugin",
     "amqp": "plugins.amqp:AmqpPlugin",
     "mqtt": "plugins.mqtt:MqttPlugin",
+    "graphql": "plugins.graphql:GraphqlPlugin",
+    "grpc": "plugins.grpc:GrpcPlugin",
+    "websocket": "plugins.websocket:WebSocketPlugin",
 }
 
 
