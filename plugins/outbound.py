@@ -180,7 +180,7 @@ def _resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def _service_entries(url: str, default_port: int, reason: str) -> list[Entry]:
+def service_entries(url: str, default_port: int, reason: str) -> list[Entry]:
     """An infrastructure service's host:port: its name and each address it resolves to."""
     parts = urlsplit(url if "//" in url else f"//{url}")
     try:
@@ -217,7 +217,7 @@ def _local_addresses() -> list[str]:
     return found
 
 
-def _broker_urls() -> list[str]:
+def broker_urls() -> list[str]:
     from celery import current_app
 
     return [url for url in str(current_app.conf.broker_url or "").split(";") if url.strip()]
@@ -241,9 +241,9 @@ def _with_port(url: str, port: int) -> str:
 
 def _infrastructure_entries() -> list[Entry]:
     def entries(urls: Iterable[str], default_port: int, reason: str) -> list[Entry]:
-        return [entry for url in urls for entry in _service_entries(url, default_port, reason)]
+        return [entry for url in urls for entry in service_entries(url, default_port, reason)]
 
-    brokers = _broker_urls()
+    brokers = broker_urls()
     management = settings.ORCHESTRA_BROKER_MANAGEMENT_URL
     databases = [
         f"//{database.get('HOST') or '127.0.0.1'}:{database.get('PORT') or 5432}"
@@ -350,7 +350,7 @@ def outbound_policy() -> OutboundPolicy:
             settings.ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE,
             tuple(settings.ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE),
             # The rest only says when the infrastructure list must be built again.
-            tuple(_broker_urls()),
+            tuple(broker_urls()),
             tuple(_cache_urls()),
             databases,
             settings.ORCHESTRA_FLOWER_URL,

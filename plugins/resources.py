@@ -118,7 +118,7 @@ class Listener:
                 found = [
                     index
                     for index, message in enumerate(self._messages)
-                    if index not in self._taken and _matches(match, message.get("data"))
+                    if index not in self._taken and message_matches(match, message.get("data"))
                 ][:count]
                 if len(found) == count:
                     self._taken.update(found)
@@ -138,7 +138,8 @@ class Listener:
         """Stop the subscription (subclasses); the kept messages stay readable."""
 
 
-def _matches(match: dict[str, Any], document: Any) -> bool:
+def message_matches(match: dict[str, Any], document: Any) -> bool:
+    """Whether ``document`` holds every ``{JSONPath: value}`` of ``match``."""
     for path, expected in match.items():
         try:
             if find_first(path, document) != expected:

@@ -16,8 +16,8 @@ from kombu import Connection
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.messages import COUNT_SCHEMA, check_messages, first_message, message_result, parse_body
-from plugins.outbound import IPAddress, OutboundRefused, _broker_urls, _service_entries
-from plugins.resources import AWAIT_SCHEMA, Listener, _matches
+from plugins.outbound import IPAddress, OutboundRefused, broker_urls, service_entries
+from plugins.resources import AWAIT_SCHEMA, Listener, message_matches
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _own_brokers(urls: tuple[str, ...]) -> list[tuple[str, list]]:
             vhost = BrokerUrl.parse(url).vhost
         except PluginError:
             continue  # not AMQP: no vhost of ours to protect
-        own.append((vhost, _service_entries(url, SCHEMES["amqp"], "the message broker")))
+        own.append((vhost, service_entries(url, SCHEMES["amqp"], "the message broker")))
     return own
 
 
@@ -161,7 +161,7 @@ def refuse_own_vhost(url: BrokerUrl, addresses: list[IPAddress]) -> None:
     if settings.ORCHESTRA_AMQP_ALLOW_OWN_VHOST:
         return
     name = url.host.lower().rstrip(".")
-    for vhost, entries in _own_brokers(tuple(_broker_urls())):
+    for vhost, entries in _own_brokers(tuple(broker_urls())):
         if vhost == url.vhost and any(e.matches(name, url.port, addresses) for e in entries):
             raise OutboundRefused(
                 f"connection to {url.host}:{url.port} vhost {url.vhost!r} refused: it is "
@@ -417,7 +417,7 @@ class AmqpPlugin(ProtocolPlugin):
                 return  # arrived while cancelling: unacked, the broker requeues it at close
             message = _message(raw)
             received.append((raw, message))
-            if len(matched) < count and _matches(match, message["data"]):
+            if len(matched) < count and message_matches(match, message["data"]):
                 matched.append((raw, message))
 
         connection = connect(url, context)

@@ -12,7 +12,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.messages import COUNT_SCHEMA, check_messages, message_result, parse_body
-from plugins.resources import AWAIT_SCHEMA, Listener, _matches
+from plugins.resources import AWAIT_SCHEMA, Listener, message_matches
 
 #: What a stored message shows besides its body.
 MESSAGE_KEYS = ("topic", "qos", "retain")
@@ -261,7 +261,7 @@ class MqttPlugin(ProtocolPlugin):
         def on_message(_client: Any, _userdata: Any, raw: mqtt.MQTTMessage) -> None:
             message = _message(raw)
             received.append(message)
-            if len(matched) < count and _matches(match, message["data"]):
+            if len(matched) < count and message_matches(match, message["data"]):
                 matched.append(message)
 
         client = connect(params, context)

@@ -24,7 +24,7 @@ from plugins.base import (
     check_json_paths,
 )
 from plugins.bodies import binary_summary, summarize_text
-from plugins.resources import AWAIT_SCHEMA, Listener, _matches
+from plugins.resources import AWAIT_SCHEMA, Listener, message_matches
 
 DEFAULT_PORTS = {"ws": 80, "wss": 443}
 #: Seconds a close handshake may take (at the end of a step or of the run).
@@ -379,7 +379,7 @@ def _receive(
         except ConnectionClosed:
             break
         message = _message(raw)
-        if _matches(match, message["data"]):
+        if message_matches(match, message["data"]):
             received.append(message)
         else:
             skipped += 1
