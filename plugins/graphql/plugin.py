@@ -12,7 +12,7 @@ from plugins.base import (
     check_json_paths,
 )
 from plugins.bodies import decode_text, summarize, summarize_text
-from plugins.http.exchange import send_request
+from plugins.http.plugin import checked_client, send_request
 
 
 class GraphqlPlugin(ProtocolPlugin):
@@ -63,6 +63,9 @@ class GraphqlPlugin(ProtocolPlugin):
         },
     }
 
+    def __init__(self) -> None:
+        self._client = checked_client()  # one per process: pooling across steps and runs
+
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         operation: dict[str, Any] = {"query": params["query"]}
         if "variables" in params:
@@ -79,6 +82,7 @@ class GraphqlPlugin(ProtocolPlugin):
             **params.get("headers", {}),
         }
         exchange = send_request(
+            self._client,
             "POST",
             params["url"],
             context=context,

@@ -264,6 +264,104 @@ _watcher = _Watcher()
 os.register_at_fork(after_in_child=_watcher.__init__)
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """The answer to one request: status, headers (lower-case names), body and time taken."""
+
+    status: int
+    headers: dict[str, str]
+    content: bytes
+    elapsed_ms: float
+
+
+def checked_client() -> httpx.Client:
+    """A client whose every request, redirects included, is checked against the outbound
+    policy by :class:`CheckedTransport`; a plugin keeps one per process, for pooling."""
+    return httpx.Client(transport=CheckedTransport())
+
+
+def send_request(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    context: StepContext,
+    headers: httpx.Headers | dict[str, str] | None = None,
+    query: dict[str, Any] | None = None,
+    content: bytes | str | None = None,
+    timeout: float | None = None,
+    follow_redirects: bool = False,
+) -> Exchange:
+    """Send one request for the step ``context`` describes, for ``http`` and the plugins built
+    on HTTP (``graphql``).
+
+    The outbound policy is checked and only its addresses are connected to; at most
+    ``ORCHESTRA_MAX_RESPONSE_BYTES`` of the answer are read; connect, send and read end by one
+    deadline (the step's, or ``timeout`` if sooner) and at once when ``context.stop`` is set.
+    Every failure is a :class:`PluginError` whose ``retryable`` says whether a try may help.
+    """
+    timeout = context.timeout if timeout is None else min(float(timeout), context.timeout)
+    deadline = min(context.deadline, time.monotonic() + timeout)
+    watch = _Watch(context.stop, deadline)
+    try:
+        request = client.build_request(
+            method,
+            url,
+            headers=headers,
+            params=query,
+            content=content,
+            timeout=max(deadline - time.monotonic(), 0.001),
+            extensions={STEP_EXTENSION: context, "trace": watch.trace},
+        )
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise PluginError(f"invalid URL {url!r}: {exc}") from None
+    except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        # A header value outside ASCII, a NaN in the JSON body...: no retry will fix it.
+        raise PluginError(f"cannot build the request to {url}: {exc}") from None
+    if context.stop.is_set():
+        raise PluginError(f"{method} {url} was not sent: the run is stopping")
+    started = time.perf_counter()
+    with watch:
+        try:
+            status, response_headers, body = _exchange(
+                client, request, follow_redirects, deadline, watch
+            )
+        except (httpx.HTTPError, _DeadlinePassed, _TooBig) as exc:
+            raise _plugin_error(method, url, timeout, watch.reason, exc) from None
+    # Measured here rather than read from ``response.elapsed``, which a transport that hands
+    # back an already-read response (a mock, a cache) never sets.
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+    return Exchange(status, response_headers, bytes(body), elapsed_ms)
+
+
+def _exchange(
+    client: httpx.Client,
+    request: httpx.Request,
+    follow_redirects: bool,
+    deadline: float,
+    watch: _Watch,
+) -> tuple[int, dict[str, str], bytearray]:
+    """Send ``request`` and read at most ORCHESTRA_MAX_RESPONSE_BYTES of its answer."""
+    limit = settings.ORCHESTRA_MAX_RESPONSE_BYTES
+    response = client.send(request, follow_redirects=follow_redirects, stream=True)
+    try:
+        watch.attach(response.extensions.get("network_stream"))
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooBig(limit)
+        content = bytearray()  # grown in place: never a second copy of the body
+        for chunk in response.iter_bytes():
+            if len(content) + len(chunk) > limit:
+                raise _TooBig(limit)
+            if time.monotonic() >= deadline:
+                raise _DeadlinePassed()
+            content += chunk
+        return response.status_code, headers, content
+    finally:
+        response.close()
+
+
 class HttpPlugin(ProtocolPlugin):
     """Sends one HTTP request with httpx.
 
@@ -315,18 +413,11 @@ class HttpPlugin(ProtocolPlugin):
     }
 
     def __init__(self) -> None:
-        # One client per process: connection pooling across steps and runs. Its transport checks
-        # the outbound policy before every request, redirects included, and connects only to
-        # the addresses the check returned.
-        self._client = httpx.Client(transport=CheckedTransport())
+        self._client = checked_client()
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
-        method = params.get("method", "GET")
-        timeout = min(float(params.get("timeout", context.timeout)), context.timeout)
-        # The total deadline: connect, send and read together.
-        deadline = min(context.deadline, time.monotonic() + timeout)
         request_summary: dict[str, Any] = {
-            "method": method,
+            "method": params.get("method", "GET"),
             "url": params["url"],
             "headers": dict(params.get("headers", {})),
         }
@@ -336,76 +427,41 @@ class HttpPlugin(ProtocolPlugin):
             request_summary["body"] = _text(params["json"])
         elif "body" in params:
             request_summary["body"] = _text(params["body"])
-        watch = _Watch(context.stop, deadline)
         try:
-            request = self._client.build_request(
-                method,
-                params["url"],
-                headers=_request_headers(params),
-                params=params.get("query"),
-                content=_request_content(params),
-                timeout=max(deadline - time.monotonic(), 0.001),
-                extensions={STEP_EXTENSION: context, "trace": watch.trace},
-            )
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise PluginError(f"invalid URL {params['url']!r}: {exc}") from None
+            headers, content = _request_headers(params), _request_content(params)
         except (UnicodeEncodeError, ValueError, TypeError) as exc:
             # A header value outside ASCII, a NaN in the JSON body...: no retry will fix it.
             raise PluginError(f"cannot build the request to {params['url']}: {exc}") from None
-        if context.stop.is_set():
-            raise PluginError(f"{method} {params['url']} was not sent: the run is stopping")
-        started = time.perf_counter()
-        with watch:
-            try:
-                status, headers, content = self._exchange(request, params, deadline, watch)
-            except (httpx.HTTPError, _DeadlinePassed) as exc:
-                raise _plugin_error(method, params["url"], timeout, watch.reason, exc) from None
-        # Measured here rather than read from ``response.elapsed``, which a transport that hands
-        # back an already-read response (a mock, a cache) never sets.
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        text = decode_text(content, headers.get("content-type", ""))
+        exchange = send_request(
+            self._client,
+            request_summary["method"],
+            params["url"],
+            context=context,
+            headers=headers,
+            query=params.get("query"),
+            content=content,
+            timeout=params.get("timeout"),
+            follow_redirects=params.get("follow_redirects", False),
+        )
+        content_type = exchange.headers.get("content-type", "")
+        text = decode_text(exchange.content, content_type)
         return PluginResult(
             data=_document(text),
             fields={
-                "status": status,
-                "headers": headers,
-                "elapsed_ms": elapsed_ms,
+                "status": exchange.status,
+                "headers": exchange.headers,
+                "elapsed_ms": exchange.elapsed_ms,
                 # The whole text, for body_contains (None when binary); the summary is cut.
                 "body": text,
             },
             request=request_summary,
             response={
-                "status": status,
-                "headers": headers,
-                "body": summarize(content, headers.get("content-type", ""), text=text),
-                "elapsed_ms": elapsed_ms,
+                "status": exchange.status,
+                "headers": exchange.headers,
+                "body": summarize(exchange.content, content_type, text=text),
+                "elapsed_ms": exchange.elapsed_ms,
             },
         )
-
-    def _exchange(
-        self, request: httpx.Request, params: dict[str, Any], deadline: float, watch: _Watch
-    ) -> tuple[int, dict[str, str], bytearray]:
-        """Send ``request`` and read at most ORCHESTRA_MAX_RESPONSE_BYTES of its answer."""
-        limit = settings.ORCHESTRA_MAX_RESPONSE_BYTES
-        response = self._client.send(
-            request, follow_redirects=params.get("follow_redirects", False), stream=True
-        )
-        try:
-            watch.attach(response.extensions.get("network_stream"))
-            headers = {name.lower(): value for name, value in response.headers.items()}
-            declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _TooBig(limit)
-            content = bytearray()  # grown in place: never a second copy of the body
-            for chunk in response.iter_bytes():
-                if len(content) + len(chunk) > limit:
-                    raise _TooBig(limit)
-                if time.monotonic() >= deadline:
-                    raise _DeadlinePassed()
-                content += chunk
-            return response.status_code, headers, content
-        finally:
-            response.close()
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         assertions: list[Assertion] = []
