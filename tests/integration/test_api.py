@@ -53,6 +53,7 @@ ENDPOINTS = [
     ("get", "/api/queue/{record}/"),
     ("post", "/api/queue/{record}/cancel/"),
     ("post", "/api/queue/{record}/retry/"),
+    ("post", "/api/queue/{record}/move-to-front/"),
 ]
 READS = [endpoint for endpoint in ENDPOINTS if endpoint[0] == "get"]
 WRITES = [endpoint for endpoint in ENDPOINTS if endpoint[0] != "get"]
