@@ -11,6 +11,11 @@ Bodies that are hard to store, each call counted under ``key`` (``GET /hits/{key
 many): ``GET /bodies/{kind}?key=K`` with kind one of :data:`BODIES` (NUL text, NaN JSON, PNG,
 gzip, random bytes), ``GET /bodies/huge?bytes=N`` (N bytes of text, chunked unless ``length=1``),
 ``GET /bodies/drip?bytes=N&interval=S`` (the headers, then one byte every S seconds).
+
+The order flow (``examples/order-flow.yaml``), when started with ``--shop-database`` and
+``--shop-events``: ``POST /orders`` (JSON ``{item, quantity}``) inserts a row into the shop's
+PostgreSQL table ``orders``, publishes ``order.created`` with the order on the shop's RabbitMQ
+exchange ``shop``, and answers 201 with the order.
 """
 
 from __future__ import annotations
@@ -68,8 +73,42 @@ BODIES: dict[str, tuple[str, bytes]] = {
 }
 
 
+class Shop:
+    """The order flow's database and event exchange (see the module docstring)."""
+
+    def __init__(self, database_url: str, events_url: str) -> None:
+        import psycopg2
+        from kombu import Connection, Exchange
+
+        self._connect = lambda: psycopg2.connect(database_url)
+        self._events = Connection(events_url)
+        self._exchange = Exchange("shop", type="topic", durable=True)
+        self._lock = threading.Lock()
+        with self._connect() as connection, connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text NOT NULL,"
+                " quantity integer NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            )
+        self._exchange(self._events.default_channel).declare()
+
+    def place(self, item: str, quantity: int) -> dict:
+        """Insert the order, then publish its event; the order as stored."""
+        with self._connect() as connection, connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO orders (item, quantity) VALUES (%s, %s) RETURNING id",
+                [item, quantity],
+            )
+            order = {"id": cursor.fetchone()[0], "item": item, "quantity": quantity}
+        with self._lock:
+            producer = self._events.Producer()
+            publish = self._events.ensure(producer, producer.publish, max_retries=3)
+            publish(order, exchange=self._exchange, routing_key="order.created", serializer="json")
+        return order
+
+
 class Handler(BaseHTTPRequestHandler):
     state: State
+    shop: Shop | None = None
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # quiet
@@ -178,7 +217,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(201, user)
         if parts == ["echo"]:
             return self._send(200, {"headers": dict(self.headers.items()), "body": body})
+        if parts == ["orders"]:
+            return self._order(body)
         return self._send(404, {"error": "no such endpoint"})
+
+    def _order(self, body: object) -> None:
+        if self.shop is None:
+            return self._send(503, {"error": "started without --shop-database/--shop-events"})
+        valid = isinstance(body, dict) and isinstance(body.get("item"), str)
+        if not valid or not isinstance(body.get("quantity"), int) or body["quantity"] < 1:
+            return self._send(400, {"error": "item (text) and quantity (>= 1) are required"})
+        return self._send(201, self.shop.place(body["item"], body["quantity"]))
 
     def do_DELETE(self) -> None:
         parts = [p for p in urlparse(self.path).path.split("/") if p]
@@ -189,9 +238,11 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(404, {"error": "no such endpoint"})
 
 
-def make_server(host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def make_server(
+    host: str = "127.0.0.1", port: int = 0, *, shop: Shop | None = None
+) -> ThreadingHTTPServer:
     """A target server bound to ``host:port`` (port 0 picks a free one); call serve_forever()."""
-    handler = type("BoundHandler", (Handler,), {"state": State()})
+    handler = type("BoundHandler", (Handler,), {"state": State(), "shop": shop})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -201,7 +252,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--shop-database", help="PostgreSQL URL of the order flow's database")
+    parser.add_argument("--shop-events", help="AMQP URL of the order flow's RabbitMQ vhost")
     args = parser.parse_args()
-    server = make_server(args.host, args.port)
+    shop = None
+    if args.shop_database and args.shop_events:
+        shop = Shop(args.shop_database, args.shop_events)
+    server = make_server(args.host, args.port, shop=shop)
     print(f"target listening on http://{args.host}:{server.server_port}", flush=True)
     server.serve_forever()
