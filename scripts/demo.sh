@@ -36,6 +36,12 @@ export PYTHONUNBUFFERED=1
 export ORCHESTRA_QUEUE_RETRY_BASE_SECONDS=${ORCHESTRA_QUEUE_RETRY_BASE_SECONDS:-1}
 export ORCHESTRA_SWEEP_INTERVAL_SECONDS=${ORCHESTRA_SWEEP_INTERVAL_SECONDS:-1}
 WORKER_NODE=demo-worker@$(uname -n) # what Celery's %h expands to
+# The order flow's shop (examples/order-flow.yaml): a database and a vhost of its own, on the
+# same servers as orchestra's. The workers get them as credentials, and the outbound policy is
+# opened for those two servers, which it refuses by default as orchestra's infrastructure.
+SHOP=orchestra_shop
+SHOP_DB=postgresql://postgres@127.0.0.1:5432/$SHOP
+SHOP_EVENTS=amqp://guest:guest@127.0.0.1:5672/$SHOP
 
 say() { printf '==> %s\n' "$*"; }
 fail() {
@@ -222,7 +228,12 @@ print(Token.objects.get_or_create(user=user)[0].key)
       fail "port $TARGET_PORT is in use by something that is not examples/target.py"
     say "target: examples/target.py already answers on port $TARGET_PORT (not started by the demo); using it"
   else
-    start target "$BIN/python" examples/target.py --port "$TARGET_PORT"
+    say "the shop of the order flow: database and RabbitMQ vhost '$SHOP'"
+    bash scripts/services.sh "$SHOP" >/dev/null
+    rabbitmqctl -q add_vhost "$SHOP" 2>/dev/null || true
+    rabbitmqctl -q set_permissions -p "$SHOP" guest '.*' '.*' '.*'
+    start target "$BIN/python" examples/target.py --port "$TARGET_PORT" \
+      --shop-database "$SHOP_DB" --shop-events "$SHOP_EVENTS"
     wait_until target "http://127.0.0.1:$TARGET_PORT/health" \
       http_is 200 "http://127.0.0.1:$TARGET_PORT/health"
   fi
@@ -242,7 +253,9 @@ EOF
   http_is 200 "http://$WEB_ADDR/static/admin/css/base.css" ||
     startup_failed web "does not serve /static/admin/css/base.css"
 
-  start worker "$BIN/celery" -A orchestra worker -c 2 -Q test_runs_queue,orchestra_control -E \
+  ORCHESTRA_CREDENTIAL_SHOP_DB=$SHOP_DB ORCHESTRA_CREDENTIAL_SHOP_EVENTS=$SHOP_EVENTS \
+    ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE=127.0.0.1:5432,127.0.0.1:5672 \
+    start worker "$BIN/celery" -A orchestra worker -c 2 -Q test_runs_queue,orchestra_control -E \
     -n "$WORKER_NODE" --loglevel=INFO
   wait_until worker "celery inspect ping $WORKER_NODE" celery_node_answers "$WORKER_NODE"
 
@@ -268,6 +281,9 @@ EOF
   local run_ok=true
   manage run_scenario examples/create-and-fetch-user.yaml --wait --timeout "$RUN_TIMEOUT" ||
     run_ok=false
+
+  say "running examples/order-flow.yaml: the API, the row in PostgreSQL, the event on RabbitMQ"
+  manage run_scenario examples/order-flow.yaml --wait --timeout "$RUN_TIMEOUT" || run_ok=false
 
   say "through the scenario queue: 3 launches in one lane, another scenario in parallel, a flaky one"
   "$BIN/python" scripts/demo_story.py --timeout "$RUN_TIMEOUT" \
