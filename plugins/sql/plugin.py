@@ -163,7 +163,7 @@ class SqlPlugin(ProtocolPlugin):
         "with": {
             "dsn": "{{ credentials.SHOP_DB }}",
             "query": "SELECT id, status FROM orders WHERE reference = :ref",
-            "params": {"ref": "{{ order_ref }}"},
+            "params": {"ref": "{{ payload.reference }}"},
         },
         "expect": {"rows": 1, "json": {"$[0].status": "paid"}},
         "capture": {"order_id": "$[0].id"},
