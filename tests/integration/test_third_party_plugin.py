@@ -16,10 +16,12 @@ from django.core.exceptions import ValidationError
 from rest_framework.test import APIClient
 
 from plugins.base import PluginError, StepContext
+from plugins.outbound import OutboundRefused
 from plugins.registry import get_plugin, installed_plugins
 from runs.models import TestRun
 from runs.services import run_start
 from tests.factories import make_scenario
+from tests.integration.test_secrets import every_row_as_text
 from tests.support import ROOT, wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -58,6 +60,37 @@ def prefix():
     client.close()
 
 
+@pytest.fixture
+def redis_user(prefix):
+    """A Redis ACL user of the test's own, with a password, allowed only the prefix's keys and
+    channels: ``redis://user:password@127.0.0.1:6379/0``."""
+    user, password = prefix.rstrip(":"), f"canary-{uuid.uuid4().hex}"
+    admin = redis.Redis(host="127.0.0.1", port=6379)
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=[f"{prefix}*"],
+        channels=[f"{prefix}*"],
+        commands=["+@all"],
+    )
+    yield f"redis://{user}:{password}@127.0.0.1:6379/0", password
+    admin.acl_deluser(user)
+    admin.close()
+
+
+def context(*, timeout: float = 5, **extra) -> StepContext:
+    return StepContext(run_id=1, step_name="step", timeout=timeout, **extra)
+
+
+def subscribers(channel: str) -> int:
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        return dict(client.pubsub_numsub(channel))[channel.encode()]
+    finally:
+        client.close()
+
+
 def finished(run: TestRun) -> TestRun:
     def done() -> bool:
         run.refresh_from_db()
@@ -88,10 +121,13 @@ def test_the_entry_point_registers_the_plugin_and_the_api_lists_it(viewer_client
     assert APIClient().get("/api/plugins/").status_code == 401
 
 
-def test_a_worker_runs_a_scenario_with_it_and_a_wrong_value_fails(live_db, worker_factory, prefix):
-    worker_factory("redis")
+def test_a_worker_runs_a_scenario_with_it_and_a_wrong_value_fails(
+    live_db, worker_factory, prefix, redis_user
+):
+    url, password = redis_user
+    worker = worker_factory("redis", env={"ORCHESTRA_CREDENTIAL_REDIS_URL": url})
     key, channel = f"{prefix}order", f"{prefix}events"
-    listen = {"url": URL, "channel": channel}
+    listen = {"url": "{{ credentials.REDIS_URL }}", "channel": channel}
     passing = make_scenario(
         [
             command(
@@ -120,13 +156,43 @@ def test_a_worker_runs_a_scenario_with_it_and_a_wrong_value_fails(live_db, worke
     assert passed.status == "PASSED", passed.error
     remember, read, announce, event = passed.steps.order_by("position")
     assert read.captures == {"id": 7}
-    assert read.request == {"url": URL, "command": "GET", "args": [key]}
+    assert read.request["command"] == "GET" and read.request["args"] == [key]
     assert announce.response == {"value": 1}  # one subscriber: the listener
     assert event.response["messages"][0]["channel"] == channel
+    # The listener was closed with the run: the server has no subscriber left.
+    assert subscribers(channel) == 0
 
     failed = finished(run_start(scenario=failing))
     assert failed.status == "FAILED"
     assert "$.state is 'new', expected 'paid'" in failed.steps.get().error
+    assert password not in every_row_as_text()
+    assert password not in worker.output()
+
+
+def test_a_message_published_by_the_triggering_step_or_before_the_await_is_caught(prefix):
+    plugin, shared = get_plugin("redis"), context()
+    url, channel = URL, f"{prefix}events"
+    listener = plugin.listen({"url": url, "channel": channel}, shared)
+    shared.resources.add("events", listener)
+    # The "triggering step": published once the listener is in place, before any await.
+    published = plugin.execute(
+        {"url": url, "command": "PUBLISH", "args": [channel, '{"n": 1}']}, shared
+    )
+    plugin.execute({"url": url, "command": "PUBLISH", "args": [channel, "not json"]}, shared)
+    awaited = context(resources=shared.resources)
+
+    first = plugin.execute({"await": "events", "match": {"$.n": 1}}, awaited)
+    second = plugin.execute({"await": "events"}, awaited)
+
+    assert published.data == 1
+    assert first.data == [{"n": 1}]
+    assert second.data == [None] and second.response["messages"][0]["body"] == "not json"
+    with pytest.raises(PluginError, match="0 of 1 matching messages") as late:
+        plugin.execute({"await": "events"}, context(resources=shared.resources, timeout=0.3))
+    assert late.value.retryable
+    assert subscribers(channel) == 1
+    assert shared.resources.close_all() == []
+    assert subscribers(channel) == 0
 
 
 def test_a_bad_command_is_refused_when_the_scenario_is_saved(db):
@@ -135,11 +201,30 @@ def test_a_bad_command_is_refused_when_the_scenario_is_saved(db):
     assert "steps[0] (wipe): with.command: 'FLUSHALL' is not one of" in str(refused.value)
 
 
-def test_an_unreachable_server_is_a_retryable_error(db):
-    context = StepContext(run_id=1, step_name="nowhere", timeout=5)
+def test_an_unreachable_server_is_a_retryable_error_that_shows_no_password(db):
     with pytest.raises(PluginError) as unreachable:
         get_plugin("redis").execute(
-            {"url": "redis://:hunter2@127.0.0.1:1/0", "command": "GET", "args": ["k"]}, context
+            {"url": "redis://:hunter2@127.0.0.1:1/0", "command": "GET", "args": ["k"]}, context()
         )
     assert unreachable.value.retryable
     assert "hunter2" not in str(unreachable.value) and ":***@" in str(unreachable.value)
+
+
+def test_a_wrong_type_is_a_permanent_error_and_a_wrong_password_too(prefix, redis_user):
+    url, password = redis_user
+    plugin, key = get_plugin("redis"), f"{prefix}list"
+    plugin.execute({"url": url, "command": "LPUSH", "args": [key, "a"]}, context())
+
+    with pytest.raises(PluginError, match="WRONGTYPE") as wrong_type:
+        plugin.execute({"url": url, "command": "GET", "args": [key]}, context())
+    with pytest.raises(PluginError, match="authentication failed") as refused:
+        wrong = url.replace(password, "not-the-password")
+        plugin.execute({"url": wrong, "command": "GET", "args": [key]}, context())
+
+    assert not wrong_type.value.retryable and not refused.value.retryable
+
+
+def test_orchestra_s_own_redis_is_refused_unless_opened(settings):
+    settings.ORCHESTRA_REDIS_URL = "redis://127.0.0.1:6379/0"
+    with pytest.raises(OutboundRefused):
+        get_plugin("redis").execute({"url": URL, "command": "GET", "args": ["k"]}, context())

@@ -270,9 +270,10 @@ def _stored(value: Any) -> Any:
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
+    """A pub/sub message for :meth:`Listener.deliver`: ``data`` is its JSON body, or None."""
     body = _value(message["data"])
-    return {
-        "channel": _value(message["channel"]),
-        "body": _stored(body),
-        "data": _parsed(body),
-    }
+    try:
+        data = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        data = None
+    return {"channel": _value(message["channel"]), "body": _stored(body), "data": data}
