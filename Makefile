@@ -57,3 +57,4 @@ bench: $(BENCH_BIN)/.installed services
 	$(BENCH_BIN)/python bench/urgent.py --plot bench/plots/urgent.png
 	$(BENCH_BIN)/python bench/memory.py --plot bench/plots/memory.png
 	$(BENCH_BIN)/python bench/api_latency.py --plot bench/plots/api_latency.png
+	$(BENCH_BIN)/python bench/plugins.py --plot bench/plots/plugins.png

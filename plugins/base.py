@@ -125,6 +125,8 @@ class ProtocolPlugin(ABC):
 
     #: JSON Schema of a ``listen: {with: ...}`` block; None when the plugin cannot listen.
     listen_schema: ClassVar[dict[str, Any] | None] = None
+    #: One step using the plugin, as a scenario writes it (shown by ``GET /api/plugins/``).
+    example: ClassVar[dict[str, Any] | None] = None
 
     @cached_property
     def params_validator(self) -> Draft202012Validator:

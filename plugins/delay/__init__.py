@@ -22,6 +22,7 @@ class DelayPlugin(ProtocolPlugin):
         "additionalProperties": False,
         "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 86400}},
     }
+    example = {"name": "let the queue drain", "plugin": "delay", "with": {"seconds": 2}}
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         seconds = float(params["seconds"])

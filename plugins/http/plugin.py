@@ -412,6 +412,14 @@ class HttpPlugin(ProtocolPlugin):
         },
     }
 
+    example = {
+        "name": "the user exists",
+        "plugin": "http",
+        "with": {"method": "GET", "url": "http://127.0.0.1:8081/users/1"},
+        "expect": {"status": 200, "json": {"$.id": 1}},
+        "capture": {"user_email": "$.email"},
+    }
+
     def __init__(self) -> None:
         self._client = checked_client()
 

@@ -157,6 +157,17 @@ class SqlPlugin(ProtocolPlugin):
             "json": {"type": "object"},
         },
     }
+    example = {
+        "name": "the order row exists",
+        "plugin": "sql",
+        "with": {
+            "dsn": "{{ credentials.SHOP_DB }}",
+            "query": "SELECT id, status FROM orders WHERE reference = :ref",
+            "params": {"ref": "{{ payload.reference }}"},
+        },
+        "expect": {"rows": 1, "json": {"$[0].status": "paid"}},
+        "capture": {"order_id": "$[0].id"},
+    }
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         session_name = params.get("session")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
@@ -253,19 +254,30 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
 class PluginSerializer(serializers.Serializer):
     name = serializers.CharField()
-    description = serializers.CharField()
-    params_schema = serializers.JSONField()
-    expect_schema = serializers.JSONField()
+    description = serializers.CharField(help_text="The first paragraph of the plugin's docstring.")
+    params_schema = serializers.JSONField(help_text="JSON Schema of a step's `with` block.")
+    expect_schema = serializers.JSONField(help_text="JSON Schema of a step's `expect` block.")
+    listen_schema = serializers.JSONField(
+        allow_null=True, help_text="JSON Schema of a `listen: {with: ...}` block; null: none."
+    )
+    example = serializers.JSONField(allow_null=True, help_text="A step using the plugin.")
 
 
 def plugin_descriptions() -> list[dict]:
-    """Every installed plugin with the JSON Schemas of its ``with`` and ``expect`` blocks."""
+    """Every installed plugin with its schemas and an example step."""
     return [
         {
             "name": name,
-            "description": (type(plugin).__doc__ or "").strip(),
+            "description": _first_paragraph(type(plugin).__doc__),
             "params_schema": plugin.params_schema,
             "expect_schema": plugin.expect_schema,
+            "listen_schema": plugin.listen_schema,
+            "example": plugin.example,
         }
         for name, plugin in sorted(installed_plugins().items())
     ]
+
+
+def _first_paragraph(docstring: str | None) -> str:
+    paragraph = inspect.cleandoc(docstring or "").split("\n\n", 1)[0]
+    return " ".join(paragraph.split())

@@ -242,7 +242,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
 
 class PluginListView(APIView):
-    """The installed protocol plugins with the JSON Schema of their parameters."""
+    """The installed protocol plugins: their schemas (`with`, `expect`, `listen`) and an example."""
 
     @extend_schema(responses={200: PluginSerializer(many=True), **ERRORS})
     def get(self, request):

@@ -13,9 +13,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from orchestra.api.throttling import WriteRateThrottle
+from plugins.registry import BUILTIN_PLUGINS
 from queue_catalog.models import QueueRecord
 from runs.deadletters import dead_letters_collect
 from runs.models import DeadLetter, Scenario, StepResult, TestRun
+from runs.services import scenario_save
 from runs.tasks import execute_run
 from tests.factories import delay_step, make_scenario
 from tests.support import wait_for
@@ -228,9 +230,16 @@ def test_health_needs_no_credentials_and_reports_database_broker_and_workers(wor
 def test_plugins_lists_every_installed_plugin_with_its_parameter_schema(viewer_client):
     plugins = {plugin["name"]: plugin for plugin in viewer_client.get("/api/plugins/").json()}
 
-    assert {"http", "delay"} <= set(plugins)
+    assert set(BUILTIN_PLUGINS) <= set(plugins)
     assert "method" in plugins["http"]["params_schema"]["properties"]
     assert "seconds" in plugins["delay"]["params_schema"]["properties"]
+    assert plugins["sql"]["expect_schema"]["properties"]["rows"]
+    assert plugins["http"]["description"] == "Sends one HTTP request with httpx."
+    assert plugins["delay"]["listen_schema"] is None
+    for name in BUILTIN_PLUGINS:
+        example = plugins[name]["example"]
+        assert example["plugin"] == name
+        scenario_save(name=f"example-{name}", definition={"steps": [example]})
 
 
 def test_scenario_is_created_read_updated_validated_deactivated_and_activated(api_client):
