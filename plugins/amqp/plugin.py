@@ -320,6 +320,17 @@ class AmqpPlugin(ProtocolPlugin):
         },
     }
     listen_schema = LISTEN_SCHEMA
+    example = {
+        "name": "the order event arrives",
+        "plugin": "amqp",
+        "with": {
+            "url": "{{ credentials.EVENTS_AMQP }}",
+            "queue": "order-events",
+            "match": {"$.order_id": "{{ payload.order_id }}"},
+        },
+        "expect": {"count": 1, "json": {"$[0].status": "created"}},
+        "timeout": 10,
+    }
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         if "await" in params:

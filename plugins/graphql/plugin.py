@@ -63,6 +63,17 @@ class GraphqlPlugin(ProtocolPlugin):
         },
     }
 
+    example = {
+        "name": "the user can be read back",
+        "plugin": "graphql",
+        "with": {
+            "url": "https://api.test/graphql",
+            "query": "query User($id: ID!) { user(id: $id) { name } }",
+            "variables": {"id": "{{ payload.user_id }}"},
+        },
+        "expect": {"errors": False, "json": {"$.data.user.name": "Ada"}},
+    }
+
     def __init__(self) -> None:
         self._client = checked_client()  # one per process: pooling across steps and runs
 

@@ -84,6 +84,18 @@ class GrpcPlugin(ProtocolPlugin):
         },
     }
 
+    example = {
+        "name": "greet over gRPC",
+        "plugin": "grpc",
+        "with": {
+            "target": "greeter.test:50051",
+            "method": "helloworld.Greeter/SayHello",
+            "request": {"name": "Ada"},
+            "metadata": {"authorization": "Bearer {{ credentials.GREETER_TOKEN }}"},
+        },
+        "expect": {"code": "OK", "json": {"$.message": "Hello, Ada"}},
+    }
+
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         deadline = context.deadline
         if "deadline" in params:

@@ -198,6 +198,11 @@ class MqttPlugin(ProtocolPlugin):
         },
     }
     listen_schema = LISTEN_SCHEMA
+    example = {
+        "name": "switch the lamp on",
+        "plugin": "mqtt",
+        "with": {"host": "broker.test", "topic": "home/lamp/set", "json": {"on": True}, "qos": 1},
+    }
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         if "await" in params:

@@ -162,6 +162,17 @@ class WebSocketPlugin(ProtocolPlugin):
         },
     }
 
+    example = {
+        "name": "the price feed answers a subscription",
+        "plugin": "websocket",
+        "with": {
+            "url": "wss://feed.test/prices",
+            "send": {"json": {"subscribe": "EURUSD"}},
+            "receive": {"count": 1, "match": {"$.pair": "EURUSD"}},
+        },
+        "expect": {"count": 1, "json": {"$[0].pair": "EURUSD"}},
+    }
+
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         if "await" in params:
             return self._await(params, context)
