@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from orchestra.env import (
-    database_from_url,
     env_bool,
+    env_database,
     env_float,
     env_int,
     env_list,
@@ -71,14 +71,24 @@ TEMPLATES = [
 
 DATABASES = {
     "default": {
-        **database_from_url(
-            env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orchestra")
-        ),
+        **env_database("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orchestra"),
         # Keep connections across Celery tasks and requests: reconnecting costs ~15 ms per task.
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 600),
         "CONN_HEALTH_CHECKS": True,
         "TEST": {"NAME": env_str("TEST_DATABASE_NAME", "test_orchestra")},
     }
+}
+
+# The cache every web process on every host shares: the API's throttles and the health answer
+# live in it. PostgreSQL (a table made by `manage.py createcachetable`) unless Redis is given.
+CACHE_TABLE = "orchestra_cache"
+ORCHESTRA_REDIS_URL = env_str("ORCHESTRA_REDIS_URL", "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": ORCHESTRA_REDIS_URL}
+        if ORCHESTRA_REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
+    )
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
