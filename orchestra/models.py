@@ -24,3 +24,19 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class ThrottleWindow(models.Model):
+    """Requests of one client counted in the current window of its rate limit
+    (orchestra.api.throttling, which writes it with one upsert)."""
+
+    key = models.CharField(max_length=255, primary_key=True)
+    window_index = models.BigIntegerField()
+    count = models.PositiveIntegerField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "orchestra_throttle_window"
+
+    def __str__(self) -> str:
+        return self.key

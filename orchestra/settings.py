@@ -84,11 +84,18 @@ DATABASES = {
 CACHE_TABLE = "orchestra_cache"
 ORCHESTRA_REDIS_URL = env_str("ORCHESTRA_REDIS_URL", "")
 CACHES = {
-    "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": ORCHESTRA_REDIS_URL}
-        if ORCHESTRA_REDIS_URL
-        else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
-    )
+    "default": {
+        **(
+            {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": ORCHESTRA_REDIS_URL,
+            }
+            if ORCHESTRA_REDIS_URL
+            else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
+        ),
+        # Installations sharing one Redis keep apart by their prefix.
+        "KEY_PREFIX": env_str("ORCHESTRA_CACHE_KEY_PREFIX", "orchestra"),
+    }
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -122,7 +129,13 @@ REST_FRAMEWORK = {
     # JSON only: payloads and definitions are JSON objects, which form encodings cannot carry.
     "DEFAULT_PARSER_CLASSES": ["orchestra.api.parsers.LimitedJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["orchestra.api.throttling.WriteRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"writes": env_str("ORCHESTRA_API_WRITE_RATE", "600/minute")},
+    "DEFAULT_THROTTLE_RATES": {
+        "writes": env_str("ORCHESTRA_API_WRITE_RATE", "600/minute"),
+        "anon": env_str("ORCHESTRA_API_ANON_RATE", "60/minute"),
+    },
+    # Proxies in front of the web server whose X-Forwarded-For entries are trusted; with 0 the
+    # client is REMOTE_ADDR, so a client cannot pick its own throttle key with a header.
+    "NUM_PROXIES": env_int("ORCHESTRA_NUM_PROXIES", 0),
     "EXCEPTION_HANDLER": "orchestra.api.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
