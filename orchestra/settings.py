@@ -156,7 +156,7 @@ SPECTACULAR_SETTINGS = {
         "PriorityEnum": "runs.models.Priority",
         "DeadLetterStatusEnum": "runs.models.DeadLetterStatus",
         "RecordStatusEnum": "queue_catalog.states.RecordStatus",
-        "ReachabilityEnum": ["ok", "unreachable"],
+        "ReachabilityEnum": ["ok", "unreachable", "unknown"],
         "HealthStatusEnum": ["ok", "degraded"],
     },
 }
@@ -222,6 +222,8 @@ ORCHESTRA_CREDENTIALS = {
 ORCHESTRA_OUTBOUND_ALLOW = env_list("ORCHESTRA_OUTBOUND_ALLOW", [])
 ORCHESTRA_OUTBOUND_DENY = env_list("ORCHESTRA_OUTBOUND_DENY", [])
 ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE = env_bool("ORCHESTRA_OUTBOUND_DENY_INFRASTRUCTURE", True)
+# /api/health/ checks the database and the broker at most once per this many seconds.
+ORCHESTRA_HEALTH_CACHE_SECONDS = env_int("ORCHESTRA_HEALTH_CACHE_SECONDS", 5)
 # Where the admin dashboard links to Flower.
 ORCHESTRA_FLOWER_URL = env_str("ORCHESTRA_FLOWER_URL", "http://127.0.0.1:5555/")
 # A scraper presenting "Authorization: Bearer <token>" may read /metrics; empty: users only.

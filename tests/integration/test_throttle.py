@@ -21,7 +21,8 @@ from django.db import connection
 from django.test import RequestFactory, override_settings
 from rest_framework.authtoken.models import Token
 
-from orchestra.api.throttling import AnonRateThrottle, count_in_window
+from orchestra.api.throttling import AnonRateThrottle
+from orchestra.windows import count_in_window
 from tests.support import ROOT, wait_for, worker_database_url
 
 RATE = 20
