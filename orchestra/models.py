@@ -40,3 +40,30 @@ class ThrottleWindow(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class MetricCounter(models.Model):
+    """A running sum kept by database triggers as rows are written (orchestra.metrics).
+
+    Each sum is split over shards (the writing backend's pid modulo ``SHARDS``), so that
+    concurrent workers add to different rows instead of queueing on one; a reading adds the
+    shards up.
+    """
+
+    SHARDS = 64
+
+    name = models.CharField(max_length=64)
+    label = models.CharField(max_length=200)
+    shard = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+    total = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "label", "shard"], name="one_counter_per_name_label_shard"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}{{{self.label}}}"
