@@ -159,16 +159,13 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='MetricCounter',
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('pk', models.CompositePrimaryKey('name', 'label', 'shard', blank=True, editable=False, primary_key=True, serialize=False)),
                 ('name', models.CharField(max_length=64)),
                 ('label', models.CharField(max_length=200)),
                 ('shard', models.SmallIntegerField()),
                 ('count', models.BigIntegerField(default=0)),
                 ('total', models.FloatField(default=0)),
             ],
-            options={
-                'constraints': [models.UniqueConstraint(fields=('name', 'label', 'shard'), name='one_counter_per_name_label_shard')],
-            },
         ),
         migrations.RunSQL(INSTALL, UNINSTALL),
     ]
