@@ -18,6 +18,7 @@ class OrchestraConfig(AppConfig):
     def ready(self) -> None:
         # Runs once per migrate, after every app's tables exist (sender: the last app).
         post_migrate.connect(_ensure_roles_after_last_app, dispatch_uid="orchestra.roles")
+        post_migrate.connect(_ensure_cache_table, dispatch_uid="orchestra.cache_table")
 
 
 def _ensure_roles_after_last_app(sender, using="default", **kwargs) -> None:
@@ -27,3 +28,12 @@ def _ensure_roles_after_last_app(sender, using="default", **kwargs) -> None:
 
     if sender.label == list(apps.get_app_configs())[-1].label:
         ensure_roles(using=using)
+
+
+def _ensure_cache_table(sender, using="default", **kwargs) -> None:
+    """The shared cache's table (settings.CACHES), made with every migrate: the demo, a
+    deployment and each test database get it without a step of their own."""
+    from django.core.management import call_command
+
+    if sender.label == "orchestra":
+        call_command("createcachetable", database=using, verbosity=0)

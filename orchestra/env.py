@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlparse
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 
@@ -56,16 +56,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def database_from_url(url: str) -> dict:
-    """Translate ``postgres://user:password@host:port/name`` into a Django DATABASES entry."""
-    parsed = urlparse(url)
-    if parsed.scheme not in {"postgres", "postgresql"}:
-        raise ImproperlyConfigured(f"DATABASE_URL must be a postgres:// URL, got {url!r}.")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parsed.path.lstrip("/")) or "orchestra",
-        "USER": unquote(parsed.username or "postgres"),
-        "PASSWORD": unquote(parsed.password or ""),
-        "HOST": parsed.hostname or "127.0.0.1",
-        "PORT": str(parsed.port or 5432),
-    }
+def env_database(name: str, default: str) -> dict:
+    """A Django DATABASES entry from a ``postgres://`` URL (dj-database-url); query parameters
+    (``sslmode``, ``options``, ``connect_timeout``, ...) become the connection's OPTIONS."""
+    url = env_str(name, default)
+    try:
+        config = dj_database_url.parse(url)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not a database URL: {exc}") from None
+    if config["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(f"{name} must be a postgres:// URL.")
+    repeated = [key for key, value in config.get("OPTIONS", {}).items() if isinstance(value, list)]
+    if repeated:
+        raise ImproperlyConfigured(f"{name} gives {', '.join(repeated)} more than once.")
+    return config

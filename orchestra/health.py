@@ -1,35 +1,114 @@
-"""Reachability of the database, the broker, and how many workers answer."""
+"""Reachability of the database, the broker, and how many workers answer.
+
+The check opens a broker connection and pings the workers, so it runs at most once per
+``ORCHESTRA_HEALTH_CACHE_SECONDS`` window for all web processes together (the first caller of
+a window, chosen by :func:`orchestra.windows.count_in_window`); every other caller reads the
+answer from the shared cache. Without a reachable shared store each process checks at most
+once per window for itself.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
+from django.conf import settings
+from django.core.cache import caches
 from django.db import connection
+
+from orchestra.windows import STORE_ERRORS, count_in_window
 
 logger = logging.getLogger(__name__)
 
+CACHE_KEY = "orchestra:health"
+# How long a caller waits for the answer of the check another process is running.
+_WAIT_FOR_PROBE_SECONDS = 3.0
+_UNKNOWN = {"status": "degraded", "database": "unknown", "broker": "unknown", "workers": 0}
 
-def health_check(*, ping_timeout: float = 0.5) -> dict:
-    """``{"status", "database", "broker", "workers"}``; never raises."""
-    from orchestra.celery import app
+_local_lock = threading.Lock()
+_local: dict = {}
 
-    result = {"database": "ok", "broker": "ok", "workers": 0}
+
+def _database_status() -> str:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception:
         logger.warning("health: database unreachable", exc_info=True)
-        result["database"] = "unreachable"
+        return "unreachable"
+    return "ok"
+
+
+def _broker_status(ping_timeout: float) -> tuple[str, int]:
+    """``(reachability, workers answering a ping)``; opens one broker connection."""
+    from orchestra.celery import app
+
     try:
         # A fresh connection, not one from the pool: a pooled connection may
         # have been closed by a broker restart since it was last used.
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             replies = app.control.ping(timeout=ping_timeout, connection=conn)
-        result["workers"] = len(replies or [])
     except Exception:
         logger.warning("health: broker unreachable", exc_info=True)
-        result["broker"] = "unreachable"
-    healthy = result["database"] == "ok" and result["broker"] == "ok"
-    result["status"] = "ok" if healthy else "degraded"
-    return result
+        return "unreachable", 0
+    return "ok", len(replies or [])
+
+
+def health_check(*, ping_timeout: float = 0.5) -> dict:
+    """``{"status", "database", "broker", "workers"}``, checked now; never raises."""
+    database = _database_status()
+    broker, workers = _broker_status(ping_timeout)
+    healthy = database == "ok" and broker == "ok"
+    return {
+        "status": "ok" if healthy else "degraded",
+        "database": database,
+        "broker": broker,
+        "workers": workers,
+    }
+
+
+def _window(max_age: int) -> int:
+    return int(time.time() // max_age)
+
+
+def cached_health() -> dict:
+    """The answer of :func:`health_check`, checked at most once per window by all processes."""
+    max_age = max(1, int(settings.ORCHESTRA_HEALTH_CACHE_SECONDS))
+    try:
+        return _shared_health(max_age)
+    except STORE_ERRORS:
+        logger.warning("health: the shared cache is unreachable; checking per process")
+        return _local_health(max_age)
+
+
+def _shared_health(max_age: int) -> dict:
+    cache = caches["default"]
+    window = _window(max_age)
+    entry = cache.get(CACHE_KEY)
+    if entry and entry["window"] == window:
+        return entry["result"]
+    count, _remaining = count_in_window("health-check", max_age)
+    if count == 1:
+        result = health_check()
+        # Kept past its window: while the next check runs, others answer with this one.
+        cache.set(CACHE_KEY, {"window": window, "result": result}, 10 * max_age)
+        return result
+    if entry:
+        return entry["result"]
+    deadline = time.monotonic() + _WAIT_FOR_PROBE_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        entry = cache.get(CACHE_KEY)
+        if entry:
+            return entry["result"]
+    return dict(_UNKNOWN)
+
+
+def _local_health(max_age: int) -> dict:
+    window = _window(max_age)
+    with _local_lock:
+        if _local.get("window") != window:
+            _local.update(window=window, result=health_check())
+        return _local["result"]

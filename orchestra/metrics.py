@@ -1,10 +1,26 @@
-"""Prometheus metrics, computed from PostgreSQL at scrape time.
+"""Prometheus metrics, read from PostgreSQL at scrape time.
 
 The database is the one place every worker on every host writes to, so the figures are the
-whole system's, not one process's. Histograms are cumulative over all finished runs and steps.
+whole system's, not one process's. A scrape never reads the run and step tables themselves:
+triggers (migration ``orchestra.0003_metric_counters``) add to ``MetricCounter`` rows as runs,
+steps, queue records and dead letters are written, and a scrape sums those rows, a few hundred
+at most, whatever the history holds. The queue's depth is read from the active records only,
+through the partial index of active lanes.
+
+What each series means:
+
+- ``orchestra_runs{status}``, ``orchestra_queue_records{status}``,
+  ``orchestra_dead_letters{status}``: rows now in each status (deletes count down).
+- ``orchestra_run_duration_seconds``, ``orchestra_step_duration_seconds``: every run and step
+  that finished since the metrics were installed (rows there then were counted once); deleting
+  rows does not take them out, as a Prometheus histogram must only grow.
+- ``orchestra_retries_total{kind}``: re-runs of queue records and redeliveries of runs, in
+  the same sense.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 from django.db import connection
 from prometheus_client.core import (
@@ -13,31 +29,50 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+# Bucket upper bounds. The triggers hold a copy: changing them needs a migration that
+# recreates the triggers (tests/integration/test_metrics_cost.py compares the two).
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+COUNTERS_SQL = """
+SELECT name, label, sum(count), sum(total)
+  FROM orchestra_metriccounter
+ GROUP BY name, label
+"""
+QUEUE_SQL = """
+SELECT s.name, q.status, count(*), extract(epoch FROM now() - min(q.created_at))
+  FROM queue_catalog_queuerecord q JOIN runs_scenario s ON s.id = q.scenario_id
+ WHERE q.status IN ('SCHEDULED', 'RUNNING')
+ GROUP BY s.name, q.status
+"""
 
-def _rows(sql: str, params=()) -> list[tuple]:
+
+def _rows(sql: str) -> list[tuple]:
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql)
         return cursor.fetchall()
 
 
 def _histogram(
-    name: str,
-    documentation: str,
-    table: str,
-    expression: str,
-    where: str,
-    buckets: tuple[float, ...],
+    name: str, documentation: str, by_bound: dict[str, tuple[int, float]], buckets
 ) -> HistogramMetricFamily:
-    columns = ", ".join(f"count(*) FILTER (WHERE {expression} <= %s)" for _ in buckets)
-    sql = f"SELECT {columns}, count(*), coalesce(sum({expression}), 0) FROM {table} WHERE {where}"
-    row = _rows(sql, buckets)[0]
-    cumulative = [(str(bound), row[i]) for i, bound in enumerate(buckets)]
-    cumulative.append(("+Inf", row[len(buckets)]))
+    """``by_bound`` holds each bucket's own count and sum, keyed by its upper bound as text."""
+    bounds = {(float("inf") if label == "+Inf" else float(label)): value for label, value in
+              by_bound.items()}  # fmt: skip
+    cumulative = [
+        (str(bound), sum(count for upper, (count, _) in bounds.items() if upper <= bound))
+        for bound in buckets
+    ]
+    cumulative.append(("+Inf", sum(count for count, _ in bounds.values())))
     family = HistogramMetricFamily(name, documentation)
-    family.add_metric([], cumulative, float(row[len(buckets) + 1]))
+    family.add_metric([], cumulative, float(sum(total for _, total in bounds.values())))
+    return family
+
+
+def _gauge(name: str, documentation: str, counts: dict[str, tuple[int, float]]):
+    family = GaugeMetricFamily(name, documentation, labels=["status"])
+    for status, (count, _) in sorted(counts.items()):
+        family.add_metric([status], count)
     return family
 
 
@@ -45,25 +80,21 @@ class OrchestraCollector:
     """Collects orchestra's metrics on every scrape."""
 
     def collect(self):
-        runs = GaugeMetricFamily("orchestra_runs", "Test runs by status.", labels=["status"])
-        for status, count in _rows("SELECT status, count(*) FROM runs_testrun GROUP BY status"):
-            runs.add_metric([status], count)
-        yield runs
+        counters: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
+        for name, label, count, total in _rows(COUNTERS_SQL):
+            counters[name][label] = (int(count), float(total))
 
+        yield _gauge("orchestra_runs", "Test runs by status.", counters["runs"])
         yield _histogram(
             "orchestra_run_duration_seconds",
             "Run duration from start to finish.",
-            "runs_testrun",
-            "extract(epoch FROM finished_at - started_at)",
-            "finished_at IS NOT NULL AND started_at IS NOT NULL",
+            counters["run_duration_seconds"],
             RUN_BUCKETS,
         )
         yield _histogram(
             "orchestra_step_duration_seconds",
             "Step duration, every try included.",
-            "runs_stepresult",
-            "duration_ms / 1000.0",
-            "duration_ms IS NOT NULL",
+            counters["step_duration_seconds"],
             STEP_BUCKETS,
         )
 
@@ -77,51 +108,30 @@ class OrchestraCollector:
             "Age of the oldest waiting record per lane.",
             labels=["scenario"],
         )
-        for scenario, status, count, age in _rows(
-            """
-            SELECT s.name, q.status, count(*),
-                   extract(epoch FROM now() - min(q.created_at))
-              FROM queue_catalog_queuerecord q JOIN runs_scenario s ON s.id = q.scenario_id
-             WHERE q.status IN ('SCHEDULED', 'RUNNING')
-             GROUP BY s.name, q.status
-            """
-        ):
+        for scenario, status, count, age in _rows(QUEUE_SQL):
             depth.add_metric([scenario, status], count)
             if status == "SCHEDULED":
                 oldest.add_metric([scenario], float(age))
         yield depth
         yield oldest
 
-        records = GaugeMetricFamily(
-            "orchestra_queue_records", "Queue records by status.", labels=["status"]
+        yield _gauge(
+            "orchestra_queue_records", "Queue records by status.", counters["queue_records"]
         )
-        for status, count in _rows(
-            "SELECT status, count(*) FROM queue_catalog_queuerecord GROUP BY status"
-        ):
-            records.add_metric([status], count)
-        yield records
 
-        ((queue_reruns, delivery_retries),) = _rows(
-            """
-            SELECT (SELECT coalesce(sum(greatest(start_count - 1, 0)), 0)
-                      FROM queue_catalog_queuerecord),
-                   (SELECT coalesce(sum(greatest(attempt - 1, 0)), 0) FROM runs_testrun)
-            """
-        )
         retries = CounterMetricFamily(
             "orchestra_retries",
             "Re-runs of queue records and redeliveries of runs.",
             labels=["kind"],
         )
-        retries.add_metric(["queue_rerun"], float(queue_reruns))
-        retries.add_metric(["run_redelivery"], float(delivery_retries))
+        retries.add_metric(["queue_rerun"], float(counters["queue_reruns"].get("", (0, 0))[0]))
+        retries.add_metric(
+            ["run_redelivery"], float(counters["run_redeliveries"].get("", (0, 0))[0])
+        )
         yield retries
 
-        dead = GaugeMetricFamily(
+        yield _gauge(
             "orchestra_dead_letters",
             "Messages in the dead-letter store by status.",
-            labels=["status"],
+            counters["dead_letters"],
         )
-        for status, count in _rows("SELECT status, count(*) FROM runs_deadletter GROUP BY status"):
-            dead.add_metric([status], count)
-        yield dead

@@ -8,8 +8,8 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from orchestra.env import (
-    database_from_url,
     env_bool,
+    env_database,
     env_float,
     env_int,
     env_list,
@@ -73,13 +73,30 @@ TEMPLATES = [
 
 DATABASES = {
     "default": {
-        **database_from_url(
-            env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orchestra")
-        ),
+        **env_database("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orchestra"),
         # Keep connections across Celery tasks and requests: reconnecting costs ~15 ms per task.
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 600),
         "CONN_HEALTH_CHECKS": True,
         "TEST": {"NAME": env_str("TEST_DATABASE_NAME", "test_orchestra")},
+    }
+}
+
+# The cache every web process on every host shares: the API's throttles and the health answer
+# live in it. PostgreSQL (a table made by `manage.py createcachetable`) unless Redis is given.
+CACHE_TABLE = "orchestra_cache"
+ORCHESTRA_REDIS_URL = env_str("ORCHESTRA_REDIS_URL", "")
+CACHES = {
+    "default": {
+        **(
+            {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": ORCHESTRA_REDIS_URL,
+            }
+            if ORCHESTRA_REDIS_URL
+            else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": CACHE_TABLE}
+        ),
+        # Installations sharing one Redis keep apart by their prefix.
+        "KEY_PREFIX": env_str("ORCHESTRA_CACHE_KEY_PREFIX", "orchestra"),
     }
 }
 
@@ -114,7 +131,13 @@ REST_FRAMEWORK = {
     # JSON only: payloads and definitions are JSON objects, which form encodings cannot carry.
     "DEFAULT_PARSER_CLASSES": ["orchestra.api.parsers.LimitedJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["orchestra.api.throttling.WriteRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"writes": env_str("ORCHESTRA_API_WRITE_RATE", "600/minute")},
+    "DEFAULT_THROTTLE_RATES": {
+        "writes": env_str("ORCHESTRA_API_WRITE_RATE", "600/minute"),
+        "anon": env_str("ORCHESTRA_API_ANON_RATE", "60/minute"),
+    },
+    # Proxies in front of the web server whose X-Forwarded-For entries are trusted; with 0 the
+    # client is REMOTE_ADDR, so a client cannot pick its own throttle key with a header.
+    "NUM_PROXIES": env_int("ORCHESTRA_NUM_PROXIES", 0),
     "EXCEPTION_HANDLER": "orchestra.api.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -135,7 +158,7 @@ SPECTACULAR_SETTINGS = {
         "PriorityEnum": "runs.models.Priority",
         "DeadLetterStatusEnum": "runs.models.DeadLetterStatus",
         "RecordStatusEnum": "queue_catalog.states.RecordStatus",
-        "ReachabilityEnum": ["ok", "unreachable"],
+        "ReachabilityEnum": ["ok", "unreachable", "unknown"],
         "HealthStatusEnum": ["ok", "degraded"],
     },
 }
@@ -241,6 +264,8 @@ ORCHESTRA_BROKER_MANAGEMENT_URL = env_str("ORCHESTRA_BROKER_MANAGEMENT_URL", "")
 # Every URL orchestra's web server answers at (its bind address, its public URL): steps may not
 # call it.
 ORCHESTRA_WEB_URLS = env_list("ORCHESTRA_WEB_URLS", ["http://127.0.0.1:8000"])
+# /api/health/ checks the database and the broker at most once per this many seconds.
+ORCHESTRA_HEALTH_CACHE_SECONDS = env_int("ORCHESTRA_HEALTH_CACHE_SECONDS", 5)
 # Where the admin dashboard links to Flower.
 ORCHESTRA_FLOWER_URL = env_str("ORCHESTRA_FLOWER_URL", "http://127.0.0.1:5555/")
 # A scraper presenting "Authorization: Bearer <token>" may read /metrics; empty: users only.

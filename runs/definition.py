@@ -1,13 +1,16 @@
 """Validation of scenario definitions, done when a scenario is saved, never first by a worker.
 
-Errors name the step and the field: ``steps[1] (fetch user): with.method: 'FETCH' is not one
-of [...]``. The overall shape is checked by a JSON Schema, each step's ``with`` and ``expect``
-blocks by the schema its plugin declares, templates for syntax and for names that can never be
-defined at that point, and capture expressions for JSONPath syntax.
+Each problem is data, a :class:`DefinitionProblem`: the path of the field at fault (keys and
+list positions), the message, and the step's name; as text it reads ``steps[1] (fetch user):
+with.method: 'FETCH' is not one of [...]``. The overall shape is checked by a JSON Schema,
+each step's ``with`` and ``expect`` blocks by the schema its plugin declares, templates for
+syntax and for names that can never be defined at that point, and capture expressions for
+JSONPath syntax.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -82,13 +85,51 @@ DEFINITION_SCHEMA = {
 _definition_validator = Draft202012Validator(DEFINITION_SCHEMA)
 
 
+Path = tuple[str | int, ...]
+# A key written as ``.key`` in a path; any other key is written ``["key"]`` (JSON-quoted), so
+# that dots, brackets and quotes in keys cannot be read as separators.
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def format_path(path: Path) -> str:
+    """``("steps", 1, "expect", "json", "$.id")`` -> ``steps[1].expect.json["$.id"]``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return text
+
+
 @dataclass(frozen=True)
 class DefinitionProblem:
-    path: str
+    """One problem: ``path`` holds the keys and list positions from the definition's root to
+    the field at fault; ``step`` is the name of the step it is in, for people to read."""
+
+    path: Path
     message: str
+    step: str | None = None
+
+    @property
+    def field(self) -> str:
+        """The path as text, ``steps[1].with.method``: one text for each path."""
+        return format_path(self.path)
+
+    @property
+    def label(self) -> str:
+        """Where, for people: ``steps[1] (fetch user): with.method``."""
+        path = self.path
+        if len(path) >= 2 and path[0] in ("steps", "finally") and isinstance(path[1], int):
+            head = f"{path[0]}[{path[1]}]" + (f" ({self.step})" if self.step is not None else "")
+            rest = format_path(path[2:])
+            return f"{head}: {rest}" if rest else head
+        return self.field
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        return f"{self.label}: {self.message}" if self.path else self.message
 
 
 class DefinitionError(ValueError):
@@ -99,26 +140,12 @@ class DefinitionError(ValueError):
         self.problems = problems
 
     def as_dict(self) -> dict[str, list[str]]:
-        """Problems grouped by field path, the shape DRF and Django forms report."""
+        """Messages grouped by field path (:attr:`DefinitionProblem.field`), the shape DRF and
+        Django forms report; a problem of the whole definition is under ``definition``."""
         grouped: dict[str, list[str]] = {}
         for problem in self.problems:
-            grouped.setdefault(problem.path or "definition", []).append(problem.message)
+            grouped.setdefault(problem.field or "definition", []).append(problem.message)
         return grouped
-
-
-def _json_path(parts) -> str:
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _join(prefix: str, path: str) -> str:
-    if not path:
-        return prefix
-    if not prefix:
-        return path
-    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
 
 
 def _relevant(error: ValidationError) -> ValidationError:
@@ -170,38 +197,38 @@ def _error_problems(error: ValidationError) -> list[tuple[list, str]]:
     return [(path, error.message)]
 
 
-def _schema_problems(validator, instance: Any, prefix: str) -> list[DefinitionProblem]:
+def _schema_problems(
+    validator, instance: Any, prefix: Path, step: str | None
+) -> list[DefinitionProblem]:
     problems = []
     for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path))):
         # A templated string's type is only known once rendered; it is checked again then.
         if is_templated(_relevant(error).instance):
             continue
         for parts, message in _error_problems(error):
-            problems.append(DefinitionProblem(_join(prefix, _json_path(parts)), message))
+            problems.append(DefinitionProblem((*prefix, *parts), message, step))
     return problems
 
 
-def _step_label(section: str, index: int, step: Any) -> str:
+def _step_name(step: Any) -> str | None:
     name = step.get("name") if isinstance(step, dict) else None
-    return f"{section}[{index}] ({name})" if isinstance(name, str) else f"{section}[{index}]"
+    return name if isinstance(name, str) else None
 
 
 def _structure_problems(definition: Any) -> tuple[list[DefinitionProblem], set[tuple[str, int]]]:
     """Problems with the overall shape, and the ``(section, index)`` of every step they touch.
 
-    A problem inside a step is reported under the step's label, like those its plugin finds.
+    A problem inside a step carries the step's name, like those its plugin finds.
     """
     problems, broken_steps = [], set()
     for error in _definition_validator.iter_errors(definition):
         for parts, message in _error_problems(error):
             section = parts[0] if parts else None
+            step = None
             if section in ("steps", "finally") and len(parts) > 1 and isinstance(parts[1], int):
-                step = definition[section][parts[1]]
+                step = _step_name(definition[section][parts[1]])
                 broken_steps.add((section, parts[1]))
-                path = f"{_step_label(section, parts[1], step)}: {_json_path(parts[2:])}"
-                problems.append(DefinitionProblem(path.removesuffix(": "), message))
-            else:
-                problems.append(DefinitionProblem(_json_path(parts), message))
+            problems.append(DefinitionProblem(tuple(parts), message, step))
     return problems, broken_steps
 
 
@@ -236,15 +263,16 @@ def validate_definition(definition: Any) -> None:
     total = len(definition["steps"]) + len(definition.get("finally", []))
     if total > settings.ORCHESTRA_MAX_STEPS:
         problems.append(
-            DefinitionProblem("steps", f"at most {settings.ORCHESTRA_MAX_STEPS} steps allowed")
+            DefinitionProblem(("steps",), f"at most {settings.ORCHESTRA_MAX_STEPS} steps allowed")
         )
     first_use: dict[str, str] = {}
     for section, index, step in steps:
-        label = _step_label(section, index, step)
         if step["name"] in first_use:
             problems.append(
                 DefinitionProblem(
-                    f"{label}: name", f"step names must be unique; also {first_use[step['name']]}"
+                    (section, index, "name"),
+                    f"step names must be unique; also {first_use[step['name']]}",
+                    step["name"],
                 )
             )
         first_use.setdefault(step["name"], f"{section}[{index}]")
@@ -252,11 +280,11 @@ def validate_definition(definition: Any) -> None:
     variables = definition.get("variables", {})
     for index, secret in enumerate(definition.get("secrets", [])):
         if secret not in variables:
-            problems.append(DefinitionProblem(f"secrets[{index}]", f"{secret!r} is not a variable"))
+            problems.append(DefinitionProblem(("secrets", index), f"{secret!r} is not a variable"))
     # Variables are rendered in order, each seeing the launch context and those before it.
     known = set(CONTEXT_NAMES)
     for name, value in variables.items():
-        problems += _template_problems(value, f"variables.{name}", known)
+        problems += _template_problems(value, ("variables", name), None, known)
         known.add(name)
 
     main_captures = {
@@ -268,12 +296,11 @@ def validate_definition(definition: Any) -> None:
     # Clean-up steps run whatever happened before them: any capture may or may not exist.
     cleanup_known = known | main_captures
     for section, index, step in steps:
-        label = _step_label(section, index, step)
         if section == "steps":
-            problems += _step_problems(step, label, known)
+            problems += _step_problems(step, (section, index), known)
             known |= set(step.get("capture", {}))
         else:
-            problems += _step_problems(step, label, cleanup_known)
+            problems += _step_problems(step, (section, index), cleanup_known)
             cleanup_known |= set(step.get("capture", {}))
     problems += _listener_problems(steps)
     problems += _time_limit_problems(steps)
@@ -281,48 +308,53 @@ def validate_definition(definition: Any) -> None:
         raise DefinitionError(problems)
 
 
-def _template_problems(value: Any, path: str, known: set[str]) -> list[DefinitionProblem]:
+def _template_problems(
+    value: Any, path: Path, step: str | None, known: set[str]
+) -> list[DefinitionProblem]:
     """Problems of the templates in ``value``, each at the exact path of its string."""
     if isinstance(value, dict):
         return [
             problem
             for key, item in value.items()
-            for problem in _template_problems(item, _join(path, str(key)), known)
+            for problem in _template_problems(item, (*path, str(key)), step, known)
         ]
     if isinstance(value, list):
         return [
             problem
             for index, item in enumerate(value)
-            for problem in _template_problems(item, f"{path}[{index}]", known)
+            for problem in _template_problems(item, (*path, index), step, known)
         ]
     try:
         unknown = referenced_names(value) - known
     except TemplateError as exc:
-        return [DefinitionProblem(path, f"template error {exc}")]
+        return [DefinitionProblem(path, f"template error {exc}", step)]
     if unknown:
-        return [DefinitionProblem(path, f"unknown name(s) {sorted(unknown)} in a template")]
+        return [DefinitionProblem(path, f"unknown name(s) {sorted(unknown)} in a template", step)]
     return []
 
 
-def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionProblem]:
+def _step_problems(step: dict, where: Path, known: set[str]) -> list[DefinitionProblem]:
+    name = step["name"]
     try:
         plugin = get_plugin(step["plugin"])
     except UnknownPlugin as exc:
-        return [DefinitionProblem(f"{label}: plugin", str(exc))]
-    problems = _schema_problems(plugin.params_validator, step.get("with", {}), f"{label}: with")
+        return [DefinitionProblem((*where, "plugin"), str(exc), name)]
+    problems = _schema_problems(
+        plugin.params_validator, step.get("with", {}), (*where, "with"), name
+    )
     problems += _schema_problems(
-        plugin.expect_validator, step.get("expect", {}), f"{label}: expect"
+        plugin.expect_validator, step.get("expect", {}), (*where, "expect"), name
     )
     for key in ("with", "expect"):
         for field, value in step.get(key, {}).items():
-            problems += _template_problems(value, f"{label}: {key}.{field}", known)
+            problems += _template_problems(value, (*where, key, field), name, known)
     if "listen" in step:
-        problems += _listen_problems(step["listen"], label, known)
-    for name, expression in step.get("capture", {}).items():
+        problems += _listen_problems(step["listen"], (*where, "listen"), name, known)
+    for capture, expression in step.get("capture", {}).items():
         try:
             compile_path(expression)
         except JsonPathError as exc:
-            problems.append(DefinitionProblem(f"{label}: capture.{name}", str(exc)))
+            problems.append(DefinitionProblem((*where, "capture", capture), str(exc), name))
     # By the contract of ``ProtocolPlugin.check``, ``expect.json`` maps JSONPaths to values; a
     # malformed path would otherwise only show up as a failed assertion in every run.
     expected_json = step.get("expect", {}).get("json")
@@ -331,21 +363,25 @@ def _step_problems(step: dict, label: str, known: set[str]) -> list[DefinitionPr
             try:
                 compile_path(expression)
             except JsonPathError as exc:
-                problems.append(DefinitionProblem(f"{label}: expect.json.{expression}", str(exc)))
+                problems.append(
+                    DefinitionProblem((*where, "expect", "json", expression), str(exc), name)
+                )
     return problems
 
 
-def _listen_problems(listen: dict, label: str, known: set[str]) -> list[DefinitionProblem]:
+def _listen_problems(
+    listen: dict, where: Path, step: str, known: set[str]
+) -> list[DefinitionProblem]:
     try:
         plugin = get_plugin(listen["plugin"])
     except UnknownPlugin as exc:
-        return [DefinitionProblem(f"{label}: listen.plugin", str(exc))]
+        return [DefinitionProblem((*where, "plugin"), str(exc), step)]
     if plugin.listen_schema is None:
-        return [DefinitionProblem(f"{label}: listen.plugin", f"plugin {plugin.name} cannot listen")]
+        return [DefinitionProblem((*where, "plugin"), f"plugin {plugin.name} cannot listen", step)]
     with_block = listen.get("with", {})
-    problems = _schema_problems(plugin.listen_validator, with_block, f"{label}: listen.with")
+    problems = _schema_problems(plugin.listen_validator, with_block, (*where, "with"), step)
     for field, value in with_block.items():
-        problems += _template_problems(value, f"{label}: listen.with.{field}", known)
+        problems += _template_problems(value, (*where, "with", field), step, known)
     return problems
 
 
@@ -354,30 +390,30 @@ def _listener_problems(steps: list[tuple[str, int, dict]]) -> list[DefinitionPro
     problems = []
     listeners: dict[str, str] = {}  # name -> the plugin that listens
     for section, index, step in steps:
-        label = _step_label(section, index, step)
+        name = step["name"]
         awaited = step.get("with", {}).get("await")
         if isinstance(awaited, str) and not is_templated(awaited):
+            where = (section, index, "with", "await")
             if awaited not in listeners:
-                problems.append(
-                    DefinitionProblem(
-                        f"{label}: with.await", f"no earlier step listens as {awaited!r}"
-                    )
-                )
+                message = f"no earlier step listens as {awaited!r}"
+                problems.append(DefinitionProblem(where, message, name))
             elif listeners[awaited] != step["plugin"]:
+                message = (
+                    f"{awaited!r} is a {listeners[awaited]} listener, awaited by a "
+                    f"{step['plugin']} step"
+                )
+                problems.append(DefinitionProblem(where, message, name))
+        if "listen" in step:
+            listener = step["listen"]["as"]
+            if listener in listeners:
                 problems.append(
                     DefinitionProblem(
-                        f"{label}: with.await",
-                        f"{awaited!r} is a {listeners[awaited]} listener, awaited by a "
-                        f"{step['plugin']} step",
+                        (section, index, "listen", "as"),
+                        f"a listener {listener!r} exists already",
+                        name,
                     )
                 )
-        if "listen" in step:
-            name = step["listen"]["as"]
-            if name in listeners:
-                problems.append(
-                    DefinitionProblem(f"{label}: listen.as", f"a listener {name!r} exists already")
-                )
-            listeners[name] = step["listen"]["plugin"]
+            listeners[listener] = step["listen"]["plugin"]
     return problems
 
 
@@ -404,12 +440,13 @@ def _time_limit_problems(steps: list[tuple[str, int, dict]]) -> list[DefinitionP
         )
         one_try, longest = total + timeout, total + timeout * attempts + pauses
         if longest > budget:
-            field = "timeout" if one_try > budget or attempts == 1 else "retry.attempts"
+            field = ("timeout",) if one_try > budget or attempts == 1 else ("retry", "attempts")
             return [
                 DefinitionProblem(
-                    f"{_step_label(section, index, step)}: {field}",
+                    (section, index, *field),
                     f"the steps up to this one could take {longest:g}s, more than the task "
                     f"time limit of {budget:g}s (CELERY_TASK_SOFT_TIME_LIMIT)",
+                    step["name"],
                 )
             ]
         total = longest

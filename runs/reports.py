@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 from xml.etree import ElementTree
 
 from django.template.loader import render_to_string
 
 from runs.models import StepResult, TestRun
 from runs.selectors import latest_attempt_steps
+
+# Characters outside XML 1.0's ``Char`` production: most C0 controls, lone surrogates, U+FFFE and
+# U+FFFF. XML has no spelling for them, not even a character reference, and a lone surrogate
+# cannot be encoded as UTF-8 at all; HTML treats the controls as parse errors.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(document: str) -> str:
+    """``document`` with every character XML 1.0 cannot hold written as a visible escape
+    (``\\x1b``, ``\\ud800``): the one place both reports become valid for any step output."""
+    return _UNPRINTABLE.sub(_escape, document)
 
 
 def _seconds(step: StepResult) -> str:
@@ -78,8 +95,9 @@ def run_junit_xml(run: TestRun) -> str:
                 ensure_ascii=False,
             )
     ElementTree.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(
-        suites, encoding="unicode"
+    return printable(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        + ElementTree.tostring(suites, encoding="unicode")
     )
 
 
@@ -87,25 +105,27 @@ def run_html_report(run: TestRun) -> str:
     """A self-contained HTML page (inline CSS, no scripts) with every attempt's steps."""
     steps = list(run.steps.order_by("attempt", "position"))
     attempts = sorted({step.attempt for step in steps})
-    return render_to_string(
-        "runs/report.html",
-        {
-            "run": run,
-            "attempts": [
-                {
-                    "number": number,
-                    "steps": [
-                        {
-                            "step": step,
-                            "request": json.dumps(step.request, indent=2, ensure_ascii=False),
-                            "response": json.dumps(step.response, indent=2, ensure_ascii=False),
-                            "captures": json.dumps(step.captures, indent=2, ensure_ascii=False),
-                        }
-                        for step in steps
-                        if step.attempt == number
-                    ],
-                }
-                for number in attempts
-            ],
-        },
+    return printable(
+        render_to_string(
+            "runs/report.html",
+            {
+                "run": run,
+                "attempts": [
+                    {
+                        "number": number,
+                        "steps": [
+                            {
+                                "step": step,
+                                "request": json.dumps(step.request, indent=2, ensure_ascii=False),
+                                "response": json.dumps(step.response, indent=2, ensure_ascii=False),
+                                "captures": json.dumps(step.captures, indent=2, ensure_ascii=False),
+                            }
+                            for step in steps
+                            if step.attempt == number
+                        ],
+                    }
+                    for number in attempts
+                ],
+            },
+        )
     )

@@ -7,8 +7,9 @@ from rest_framework import serializers
 
 class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "degraded"])
-    database = serializers.ChoiceField(choices=["ok", "unreachable"])
-    broker = serializers.ChoiceField(choices=["ok", "unreachable"])
+    # "unknown": the check another process runs has not answered yet.
+    database = serializers.ChoiceField(choices=["ok", "unreachable", "unknown"])
+    broker = serializers.ChoiceField(choices=["ok", "unreachable", "unknown"])
     workers = serializers.IntegerField()
 
 

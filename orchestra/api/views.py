@@ -15,7 +15,8 @@ from rest_framework.views import APIView
 from orchestra.api.authentication import MetricsTokenAuthentication
 from orchestra.api.exceptions import error_body
 from orchestra.api.serializers import ErrorSerializer, HealthSerializer
-from orchestra.health import health_check
+from orchestra.api.throttling import AnonRateThrottle
+from orchestra.health import cached_health
 from orchestra.metrics import OrchestraCollector
 
 API_RESOURCES = {
@@ -53,16 +54,23 @@ class ApiRootView(APIView):
 
 
 class HealthView(APIView):
-    """Database and broker reachability and the number of workers; needs no credentials and
-    reveals nothing else."""
+    """Database and broker reachability and the number of workers, checked at most every few
+    seconds (orchestra.health); needs no credentials, reveals nothing else, and is throttled
+    per client address (rate ``anon``)."""
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
-    throttle_classes: list = []
+    throttle_classes = [AnonRateThrottle]
 
-    @extend_schema(responses={200: HealthSerializer, 503: HealthSerializer})
+    @extend_schema(
+        responses={
+            200: HealthSerializer,
+            429: OpenApiResponse(ErrorSerializer, "Too many calls; see Retry-After."),
+            503: HealthSerializer,
+        }
+    )
     def get(self, request):
-        result = health_check()
+        result = cached_health()
         return Response(result, status=200 if result["status"] == "ok" else 503)
 
 

@@ -23,7 +23,6 @@ _NOT_BLANK = RegexValidator(
     r"[^\t-\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
     "must contain a character that is not whitespace",
 )
-_STEP_LABEL = re.compile(r"^(?P<section>\w+\[\d+\])(?: \((?P<name>.*?)\))?: (?P<field>.*)$")
 
 
 class ScenarioReferenceField(serializers.CharField):
@@ -117,20 +116,11 @@ class DefinitionField(JsonObjectField):
         try:
             validate_definition(value)
         except DefinitionError as exc:
-            errors: dict[str, list[str]] = {}
-            for problem in exc.problems:
-                match = _STEP_LABEL.match(problem.path)
-                if match:
-                    path = f"{match['section']}.{match['field']}"
-                    message = (
-                        f"{match['name']}: {problem.message}"
-                        if match["name"]
-                        else (problem.message)
-                    )
-                else:
-                    path, message = problem.path or "definition", problem.message
-                errors.setdefault(path, []).append(message)
-            raise serializers.ValidationError(errors) from None
+            # Keyed by each problem's own path: the API reports ``definition.<path>``.
+            whole = [problem.message for problem in exc.problems if not problem.path]
+            if whole:
+                raise serializers.ValidationError(whole) from None
+            raise serializers.ValidationError(exc.as_dict()) from None
         return value
 
 

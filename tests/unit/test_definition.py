@@ -238,7 +238,7 @@ INVALID = [
     (
         "http-expect-json-bad-path",
         definition(http("fetch user", expect={"json": {"$.[[": 1}})),
-        "steps[0] (fetch user): expect.json.$.[[",
+        'steps[0] (fetch user): expect.json["$.[["]',
         "invalid JSONPath",
     ),
     (
@@ -287,7 +287,7 @@ INVALID = [
     (
         "undefined-name-in-expectation",
         definition(http("fetch user", expect={"json": {"$.name": "{{ nme }}"}})),
-        "steps[0] (fetch user): expect.json.$.name",
+        'steps[0] (fetch user): expect.json["$.name"]',
         "unknown name(s) ['nme']",
     ),
     (
@@ -391,7 +391,7 @@ def test_invalid_definition_is_rejected_naming_the_step_and_field(value, path, m
     problems = [
         problem
         for problem in _problem_objects(value)
-        if problem.path == path and message in problem.message
+        if problem.label == path and message in problem.message
     ]
 
     assert problems, f"no problem at {path!r} containing {message!r} in {problems_of(value)}"
@@ -420,7 +420,7 @@ def test_every_problem_is_reported_not_only_the_first():
         {"name": "d", "plugin": "soap"},
     )
 
-    paths = {problem.path for problem in _problem_objects(value)}
+    paths = {problem.label for problem in _problem_objects(value)}
 
     assert paths == {
         "steps[0] (a): timeout",
@@ -433,7 +433,7 @@ def test_every_problem_is_reported_not_only_the_first():
 def test_step_with_a_broken_shape_is_not_also_reported_by_its_plugin():
     value = definition(http("fetch user", timeout=0, **{"with": {"method": "FETCH"}}))
 
-    paths = [problem.path for problem in _problem_objects(value)]
+    paths = [problem.label for problem in _problem_objects(value)]
 
     assert paths == ["steps[0] (fetch user): timeout"]
 
@@ -445,7 +445,7 @@ def test_problems_group_by_field_for_forms_and_api():
         validate_definition(value)
 
     grouped = caught.value.as_dict()
-    assert set(grouped) == {"foo", "steps[0] (a): retry.attempts", "steps[0] (a): retry.backoff"}
+    assert set(grouped) == {"foo", "steps[0].retry.attempts", "steps[0].retry.backoff"}
     assert all(isinstance(messages, list) and messages for messages in grouped.values())
 
 
@@ -582,3 +582,40 @@ def test_validation_does_not_change_the_definition():
     validate_definition(value)
 
     assert value == before
+
+
+# --- problems are data ---------------------------------------------------------------------------
+
+AWKWARD_NAMES = ["get (v2): list", "a.b", "x[0]", 'say "hi"', "it's: (odd) [1].y", "): with.method"]
+
+
+@pytest.mark.parametrize("name", AWKWARD_NAMES)
+def test_a_problem_keeps_its_path_apart_from_the_step_name(name):
+    value = definition(http("first"), http_with(name, method="FETCH"))
+
+    (problem,) = _problem_objects(value)
+
+    assert problem.path == ("steps", 1, "with", "method")
+    assert problem.field == "steps[1].with.method"
+    assert problem.step == name
+    assert problem.label == f"steps[1] ({name}): with.method"
+
+
+def test_keys_that_hold_separators_are_quoted_in_the_field_path():
+    value = definition(
+        http("fetch", expect={"json": {"$.a[0]": "{{ nope }}", 'say "x"': "{{ nope }}"}})
+    )
+
+    fields = {problem.field for problem in _problem_objects(value)}
+
+    assert 'steps[0].expect.json["$.a[0]"]' in fields
+    assert 'steps[0].expect.json["say \\"x\\""]' in fields
+
+
+def test_the_grouped_problems_are_keyed_by_path_only():
+    value = definition(http_with("get (v2): list", method="FETCH"))
+
+    with pytest.raises(DefinitionError) as caught:
+        validate_definition(value)
+
+    assert caught.value.as_dict() == {"steps[0].with.method": [caught.value.problems[0].message]}
