@@ -212,10 +212,17 @@ class LeaseKeeper:
 
     def _loop(self) -> None:
         renew_every = settings.ORCHESTRA_RUN_LEASE_SECONDS / 3
+        idle_since = time.monotonic()
         while True:
             time.sleep(min(CHECK_INTERVAL, renew_every))
             with self._lock:
                 leases = list(self._leases.values())
+            if leases:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > settings.ORCHESTRA_RUN_LEASE_SECONDS:
+                # An idle worker holds no connection of its own open (nor a database that
+                # someone wants to drop); the next lease opens one again.
+                connection.close()
             for lease in leases:
                 if time.monotonic() > lease.budget_ends + BUDGET_BACKSTOP:
                     lease.halt(TIME_LIMIT)

@@ -4,7 +4,11 @@ ending."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
+from django.db import connection
 
 from plugins import registry
 from plugins.base import PluginError, PluginResult, ProtocolPlugin
@@ -12,8 +16,10 @@ from plugins.resources import AWAIT_SCHEMA, Listener
 from runs.definition import DefinitionError, validate_definition
 from runs.executor import run_execute
 from runs.models import TestRun
+from runs.services import run_cancel
 from runs.states import RunStatus
 from tests.factories import make_scenario
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -143,33 +149,49 @@ def test_messages_between_steps_are_kept_and_the_listener_is_closed_after_a_fail
     assert BUS.listeners == []
 
 
-def test_a_listener_is_closed_when_the_run_is_cancelled_before_its_next_step():
-    definition = {
-        "steps": [
-            {
-                "name": "subscribe",
-                "plugin": "delay",
-                "with": {"seconds": 0},
-                "listen": {"as": "events", "plugin": "bus"},
-            },
-            {"name": "wait", "plugin": "bus", "with": {"await": "events"}, "timeout": 30},
-        ]
-    }
-    validate_definition(definition)
-    scenario = make_scenario(definition["steps"])
-    test_run = TestRun.objects.create(
-        scenario=scenario,
-        definition=definition,
-        context={},
-        cancel_requested_at="2026-01-01T00:00Z",
-    )
-    TestRun.objects.filter(id=test_run.id).update(status=RunStatus.QUEUED)
+@pytest.mark.django_db(transaction=True)
+def test_a_listener_is_closed_when_the_run_is_cancelled_while_a_step_awaits_it():
+    steps = [
+        {
+            "name": "subscribe",
+            "plugin": "delay",
+            "with": {"seconds": 0},
+            "listen": {"as": "events", "plugin": "bus"},
+        },
+        {"name": "wait", "plugin": "bus", "with": {"await": "events"}, "timeout": 60},
+    ]
+    scenario = make_scenario(steps)
+    test_run = TestRun.objects.create(scenario=scenario, definition=scenario.definition, context={})
 
-    run_execute(run_id=test_run.id, worker="host:1")
+    def execute() -> None:
+        try:
+            run_execute(run_id=test_run.id, worker="h:1")
+        finally:
+            connection.close()  # the thread's own connection, before the test database goes
+
+    worker = threading.Thread(target=execute)
+    worker.start()
+    wait_for(lambda: BUS.listeners, timeout=10, message="the listener to subscribe")
+
+    started = time.monotonic()
+    run_cancel(run_id=test_run.id)
+    worker.join(timeout=30)
 
     test_run.refresh_from_db()
     assert test_run.status == RunStatus.CANCELLED
+    assert time.monotonic() - started < 10  # the await was interrupted, not waited out
+    assert EVENTS == ["listening", "closed"]
     assert BUS.listeners == []
+    wait_for(no_other_session, timeout=30, message="the lease keeper to close its connection")
+
+
+def no_other_session() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -228,6 +250,6 @@ def test_a_bad_listener_is_refused_when_saved_naming_the_step_and_field(steps, p
     with pytest.raises(DefinitionError) as caught:
         validate_definition({"steps": steps})
     assert any(
-        problem.path.startswith(path) and message in problem.message
+        str(problem).startswith(path) and message in problem.message
         for problem in caught.value.problems
     ), caught.value.problems
