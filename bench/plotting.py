@@ -8,8 +8,10 @@ def bar_chart(
     panels: list[tuple[str, str, dict[str, float]]],
     *,
     log_scale: bool = False,
+    rotate_labels: bool = False,
 ) -> None:
-    """One panel per (title, y label, {bar label: value}), side by side, written to ``path``."""
+    """One panel per (title, y label, {bar label: value}), side by side, written to ``path``;
+    ``rotate_labels`` slants the bar labels, for many or long ones."""
     try:
         import matplotlib
 
@@ -24,6 +26,8 @@ def bar_chart(
         if log_scale:
             axis.set_yscale("log")
         axis.set(title=title, ylabel=ylabel)
+        if rotate_labels:
+            axis.tick_params(axis="x", labelrotation=35)
         for index, value in enumerate(bars.values()):
             axis.annotate(f"{value:,.1f}", (index, value), ha="center", va="bottom")
     figure.tight_layout()

@@ -8,7 +8,9 @@ everything stored. The execution is built on an unsaved claim, so no database wr
 storing a step result is the executor's cost per step whatever the plugin (see per_run.py).
 
 The plain side makes the same library calls a plugin makes for that step, with the same
-connection lifecycle (http: one pooled ``httpx.Client``; sql and redis: a connection per step).
+connection lifecycle (http and graphql: one pooled ``httpx.Client``; sql, redis, amqp, mqtt,
+websocket and grpc: a connection per step). The websocket, grpc and graphql servers are the
+tests' (tests/protocols.py), each in a subprocess so that their CPU is not counted as ours.
 
     .venv-bench/bin/python bench/plugins.py [--steps 300] [--plot FILE]
 
@@ -43,7 +45,9 @@ elif str(ROOT) not in sys.path:
 from bench.plotting import bar_chart  # noqa: E402
 
 POSTGRESQL = "127.0.0.1:5432"
+RABBITMQ = "127.0.0.1:5672"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+MOSQUITTO = ("127.0.0.1", 1883)
 #: The target of the target: "overhead <= 20 % of the raw call, or under 200 µs".
 TARGET_RATIO, TARGET_US = 0.20, 200.0
 
@@ -53,12 +57,14 @@ class Case:
     """One plugin's trivial step and the plain call it stands for.
 
     ``setup`` is entered once per invocation; it yields ``(step, raw)``: the scenario step the
-    executor runs and a zero-argument function making the same library call.
+    executor runs and a zero-argument function making the same library call. ``note`` says
+    what one side does that the other does not, when that is so.
     """
 
     plugin: str
     what: str
     setup: Callable[[], Any]
+    note: str = ""
 
 
 def cases() -> list[Case]:
@@ -67,6 +73,23 @@ def cases() -> list[Case]:
         Case("delay", "0 s", delay_case),
         Case("sql", "SELECT 1 on PostgreSQL", sql_case),
         Case("redis", "GET on Redis (examples/plugins/redis)", redis_case),
+        Case("amqp", "publish with confirms to a queue of a bench vhost", amqp_case),
+        Case("mqtt", "publish QoS 1 to Mosquitto", mqtt_case),
+        Case("websocket", "send a text, receive its echo", websocket_case),
+        Case(
+            "grpc",
+            "unary SayHello on the tests' greeter, schema by server reflection",
+            grpc_case,
+            note="grpc: the orchestra and plugin sides include the plugin's reflection lookup, "
+            "a streaming call on the channel before every step; the raw side has the descriptors",
+        ),
+        Case(
+            "grpc/protos",
+            "the same call, schema from tests/protos (with.protos, compiled once and cached)",
+            lambda: grpc_case(protos=True),
+            note="grpc/protos: no reflection on any side",
+        ),
+        Case("graphql", "one query on the tests' graphql-core server", graphql_case),
     ]
 
 
@@ -159,6 +182,178 @@ def redis_case() -> Iterator[tuple[dict, Callable[[], Any]]]:
     finally:
         seed.delete(key)
         seed.close()
+
+
+@contextmanager
+def amqp_case() -> Iterator[tuple[dict, Callable[[], Any]]]:
+    import amqp
+    from kombu import Connection
+
+    vhost, queue = f"orchestra_bench_plugins_{uuid.uuid4().hex[:8]}", "bench"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        url = f"amqp://guest:guest@{RABBITMQ}/{vhost}"
+        with Connection(url) as setup:
+            setup.default_channel.queue_declare(queue, durable=True, auto_delete=False)
+
+        def raw() -> None:
+            # As plugins/amqp connect() and _publish(): a confirming connection per step.
+            host, port = RABBITMQ.split(":")
+            connection = Connection(
+                hostname=host,
+                port=int(port),
+                userid="guest",
+                password="guest",
+                virtual_host=vhost,
+                transport="pyamqp",
+                connect_timeout=30,
+                heartbeat=0,
+                transport_options={"confirm_publish": True},
+            )
+            connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+            try:
+                message = amqp.Message(
+                    b"1", delivery_mode=2, content_type="text/plain", content_encoding="utf-8"
+                )
+                connection.channel().basic_publish(
+                    message, exchange="", routing_key=queue, mandatory=True, timeout=30
+                )
+            finally:
+                connection.release()
+
+        step = {
+            "name": "publish",
+            "plugin": "amqp",
+            "with": {"url": url, "routing_key": queue, "body": "1"},
+        }
+        yield step, raw
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def mqtt_case() -> Iterator[tuple[dict, Callable[[], Any]]]:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = MOSQUITTO
+    topic = f"orchestra-bench/{uuid.uuid4().hex}/step"
+
+    def loop_until(client: mqtt.Client, done: Callable[[], bool]) -> None:
+        while not done():
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS and not done():
+                raise RuntimeError("MQTT connection lost")
+
+    def raw() -> None:
+        # As plugins/mqtt connect() and _publish(): a client per step, its loop in this thread.
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"bench-{uuid.uuid4().hex[:16]}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        answer: list[Any] = []
+        client.on_connect = lambda _c, _u, _flags, reason, _props: answer.append(reason)
+        client.connect(host, port, keepalive=60)
+        try:
+            loop_until(client, lambda: bool(answer))
+            info = client.publish(topic, "1", qos=1)
+            loop_until(client, info.is_published)
+        finally:
+            client.disconnect()
+
+    raw()
+    step = {
+        "name": "publish",
+        "plugin": "mqtt",
+        "with": {"host": host, "port": port, "topic": topic, "payload": "1", "qos": 1},
+    }
+    yield step, raw
+
+
+@contextmanager
+def websocket_case() -> Iterator[tuple[dict, Callable[[], Any]]]:
+    from websockets.sync.client import connect
+
+    with _test_server("WebSocketServer", "url") as base:
+        url = f"{base}/echo"
+
+        def raw() -> None:
+            # A connection per step, as the plugin's one-step form (url, send, receive) makes.
+            with connect(url, proxy=None) as connection:
+                connection.send("1")
+                connection.recv(timeout=30)
+
+        step = {
+            "name": "echo",
+            "plugin": "websocket",
+            "with": {"url": url, "send": {"text": "1"}, "receive": {"count": 1}},
+            "expect": {"count": 1},
+        }
+        yield step, raw
+
+
+@contextmanager
+def grpc_case(*, protos: bool = False) -> Iterator[tuple[dict, Callable[[], Any]]]:
+    import grpc
+    from google.protobuf.message_factory import GetMessageClass
+
+    from tests.protocols import GREETER, GREETER_PROTO, _greeter_pool
+
+    method = _greeter_pool().FindServiceByName(GREETER).methods_by_name["SayHello"]
+    request_class = GetMessageClass(method.input_type)
+    response_class = GetMessageClass(method.output_type)
+    with _test_server("GrpcServer", "target") as target:
+
+        def raw() -> None:
+            # The plugin's stub call, on a channel per step as the plugin opens, with the
+            # descriptors at hand: no reflection.
+            with grpc.insecure_channel(target, [("grpc.enable_retries", 0)]) as channel:
+                call = channel.unary_unary(
+                    f"/{GREETER}/SayHello",
+                    request_serializer=request_class.SerializeToString,
+                    response_deserializer=response_class.FromString,
+                )
+                call.future(request_class(name="bench"), timeout=30).result()
+
+        step = {
+            "name": "hello",
+            "plugin": "grpc",
+            "with": {
+                "target": target,
+                "method": f"{GREETER}/SayHello",
+                "request": {"name": "bench"},
+                # Found under ORCHESTRA_GRPC_PROTO_ROOT, which main() points at tests/protos.
+                **({"protos": [GREETER_PROTO]} if protos else {}),
+            },
+            "expect": {"code": "OK"},
+        }
+        yield step, raw
+
+
+@contextmanager
+def graphql_case() -> Iterator[tuple[dict, Callable[[], Any]]]:
+    import httpx
+
+    query = '{ user(id: "1") { name } }'
+    # Nagle's algorithm off, as for http: the handler writes the headers and the body apart.
+    nagle_off = "protocols._GraphqlHandler.disable_nagle_algorithm = True"
+    with _test_server("GraphqlServer", "url", nagle_off) as url, httpx.Client() as client:
+
+        def raw() -> None:
+            # One pooled client, as the plugin keeps one per process.
+            response = client.post(url, json={"query": query})
+            response.raise_for_status()
+            response.json()
+
+        step = {
+            "name": "user",
+            "plugin": "graphql",
+            "with": {"url": url, "query": query},
+            "expect": {"status": 200, "errors": False},
+        }
+        yield step, raw
 
 
 def executor_step(step: dict) -> Callable[[], Any]:
@@ -262,9 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestra.settings")
     os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    # PostgreSQL on 127.0.0.1:5432 is orchestra's own database: a step may reach it only when the
-    # operator opens it, as here.
-    os.environ["ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE"] = POSTGRESQL
+    os.environ["ORCHESTRA_GRPC_PROTO_ROOT"] = str(ROOT / "tests" / "protos")
+    # PostgreSQL and RabbitMQ on localhost are orchestra's own database and broker: a step may
+    # reach them only when the operator opens them, as here (the amqp case uses a vhost of its
+    # own, not orchestra's, which stays refused).
+    os.environ["ORCHESTRA_OUTBOUND_OPEN_INFRASTRUCTURE"] = f"{POSTGRESQL},{RABBITMQ}"
     import django
 
     django.setup()
@@ -273,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.only.split(",")) if args.only else None
     results: dict[str, dict[str, Any]] = {}
     print(
-        f"{'plugin':<8} {'orchestra µs':>13} {'raw µs':>10} {'overhead µs':>12} {'ratio':>7}"
+        f"{'plugin':<11} {'orchestra µs':>13} {'raw µs':>10} {'overhead µs':>12} {'ratio':>7}"
         f" {'overhead cpu µs':>16} {'executor cpu µs':>16} {'cpu ratio':>10}"
     )
     for case in cases():
@@ -287,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{case.plugin} skipped: {type(exc).__name__}: {exc}")
             continue
         results[case.plugin] = {"what": case.what, **result}
+        if case.note:
+            notes.append(case.note)
         print(
-            f"{case.plugin:<8} {result['orchestra_us']:>13,.1f} {result['raw_us']:>10,.1f} "
+            f"{case.plugin:<11} {result['orchestra_us']:>13,.1f} {result['raw_us']:>10,.1f} "
             f"{result['overhead_us']:>12,.1f} {_percent(result['ratio']):>7}"
             f" {result['overhead_cpu_us']:>16,.1f} {result['executor_cpu_us']:>16,.1f}"
             f" {_percent(result['cpu_ratio']):>10}"
@@ -316,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                 ),
             ],
+            rotate_labels=True,
         )
     summary = {"bench": "plugins", "steps": args.steps, "results": results, "notes": notes}
     print(json.dumps(summary), flush=True)
@@ -341,6 +541,40 @@ def _load_example_plugins() -> list[str]:
 
 def _percent(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.1%}"
+
+
+@contextmanager
+def _test_server(name: str, attribute: str, prepare: str = "") -> Iterator[str]:
+    """The server ``name`` of tests/protocols.py in a subprocess of its own, its threads' CPU out
+    of this process's; ``prepare`` runs first. Yields the server's ``attribute`` (url, target)."""
+    serve = (
+        "import sys, django\n"
+        "django.setup()\n"
+        "import tests.protocols as protocols\n"
+        f"{prepare}\n"
+        f"print(protocols.{name}().{attribute}, flush=True)\n"
+        "sys.stdin.read()\n"  # serve until the bench closes the pipe
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", serve],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = process.stdout.readline().strip()
+        if not address:
+            raise RuntimeError(f"tests.protocols.{name} did not start")
+        yield address
+    finally:
+        process.stdin.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True)
 
 
 def _free_port() -> int:
