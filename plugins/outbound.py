@@ -54,7 +54,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -281,6 +281,16 @@ class OutboundPolicy:
     #: Entries that open single infrastructure endpoints (never an ORCHESTRA_OUTBOUND_DENY one).
     opened: tuple[Entry, ...] = ()
 
+    @cached_property
+    def _deny_by_port(self) -> dict[int | None, tuple[Entry, ...]]:
+        """For each port a deny entry names, the entries that can match it, in their order
+        (``None``: the entries for every port): a check reads those, not all of them."""
+        ports = {entry.port for entry in self.deny} - {None}
+        return {
+            port: tuple(entry for entry in self.deny if entry.port in (None, port))
+            for port in (*ports, None)
+        }
+
     def check(
         self, host: str, port: int, addresses: list[IPAddress] | None = None
     ) -> list[IPAddress]:
@@ -289,7 +299,8 @@ class OutboundPolicy:
         name = host.lower().rstrip(".")
         if addresses is None:
             addresses = _resolve(host, port)
-        for entry in self.deny:
+        by_port = self._deny_by_port
+        for entry in by_port.get(port, by_port[None]):
             if entry.matches(name, port, addresses) and not (
                 entry.infrastructure and self._opens(name, port, addresses)
             ):
