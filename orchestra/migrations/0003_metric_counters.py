@@ -8,102 +8,137 @@ from orchestra.metrics import RUN_BUCKETS, STEP_BUCKETS
 # row per bucket (labelled with its upper bound, or +Inf), never cumulative: one upsert a row.
 # Changing RUN_BUCKETS or STEP_BUCKETS needs a migration that recreates the triggers.
 _ARRAY = "'{{{}}}'"
-INSTALL = f"""
-CREATE FUNCTION orchestra_metric_add(metric text, label text, delta bigint, amount float8)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO orchestra_metriccounter (name, label, shard, count, total)
-    VALUES (metric, label, pg_backend_pid() % 64, delta, amount)
+# Statement-level triggers over transition tables: one upsert per label and statement, however
+# many rows the statement touched (a per-row upsert of the same counter row in one transaction
+# makes a bulk insert quadratic). Labels are upserted in order, so that two transactions never
+# wait on each other's rows in opposite orders.
+_UPSERT = """
     ON CONFLICT (name, label, shard) DO UPDATE
        SET count = orchestra_metriccounter.count + EXCLUDED.count,
            total = orchestra_metriccounter.total + EXCLUDED.total
-$$;
+"""
+_RUN_BUCKETS = _ARRAY.format(",".join(map(str, RUN_BUCKETS)))
+_STEP_BUCKETS = _ARRAY.format(",".join(map(str, STEP_BUCKETS)))
 
+
+def _by_operation(insert: str, update: str, delete: str | None = None) -> str:
+    """A trigger body with one statement per operation: a statement is planned only when it
+    runs, so each reads only the transition tables its operation has."""
+    body = f"IF TG_OP = 'INSERT' THEN {insert}; ELSIF TG_OP = 'UPDATE' THEN {update};"
+    if delete is not None:
+        body += f" ELSE {delete};"
+    return f"BEGIN {body} END IF; RETURN NULL; END"
+
+
+def _counts(select: str) -> str:
+    return f"INSERT INTO orchestra_metriccounter (name, label, shard, count, total) {select} {_UPSERT}"
+
+
+_STATUS = "SELECT TG_ARGV[0], label, pg_backend_pid() % 64, sum(delta), 0 FROM ({}) AS change"
+_STATUS += " GROUP BY label HAVING sum(delta) <> 0 ORDER BY label"
+_STATUS_CHANGES = """
+    SELECT changed.label, changed.delta
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+           CROSS JOIN LATERAL (VALUES (o.status, -1), (n.status, 1)) AS changed (label, delta)
+     WHERE o.status IS DISTINCT FROM n.status"""
+
+# {rows}: the rows with ``n`` (new) and ``o`` (old; NULLs on INSERT) columns.
+_RUN = f"""
+    SELECT metric, label, pg_backend_pid() % 64, sum(delta), sum(amount)
+      FROM (SELECT 'run_duration_seconds' AS metric,
+                   orchestra_metric_bucket(seconds, {_RUN_BUCKETS}) AS label,
+                   1 AS delta, seconds AS amount
+              FROM (SELECT extract(epoch FROM n.finished_at - n.started_at) AS seconds
+                      FROM {{rows}}
+                     WHERE n.finished_at IS NOT NULL AND n.started_at IS NOT NULL
+                       AND o.finished_at IS NULL) AS finished
+            UNION ALL
+            SELECT 'run_redeliveries', '', delta, 0
+              FROM (SELECT greatest(n.attempt, 1) - greatest(coalesce(o.attempt, 1), 1) AS delta
+                      FROM {{rows}}) AS redelivered
+             WHERE delta > 0) AS change
+     GROUP BY metric, label ORDER BY metric, label"""
+_STEP = f"""
+    SELECT 'step_duration_seconds', orchestra_metric_bucket(seconds, {_STEP_BUCKETS}),
+           pg_backend_pid() % 64, count(*), sum(seconds)
+      FROM (SELECT n.duration_ms / 1000.0 AS seconds FROM {{rows}}
+             WHERE n.duration_ms IS NOT NULL AND o.duration_ms IS NULL) AS timed
+     GROUP BY 2 ORDER BY 2"""
+_STARTS = """
+    SELECT 'queue_reruns', '', pg_backend_pid() % 64, sum(delta), 0
+      FROM (SELECT greatest(n.start_count, 1) - greatest(coalesce(o.start_count, 1), 1) AS delta
+              FROM {rows}) AS started
+     WHERE delta > 0 HAVING count(*) > 0"""
+_INSERTED = "new_rows n CROSS JOIN LATERAL (SELECT NULL::timestamptz AS finished_at,"
+_INSERTED += " NULL::integer AS attempt, NULL::float8 AS duration_ms,"
+_INSERTED += " NULL::integer AS start_count) AS o"
+_UPDATED = "new_rows n JOIN old_rows o ON o.id = n.id"
+
+
+def _function(name: str, insert: str, update: str, delete: str | None = None) -> str:
+    return (
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"{_by_operation(insert, update, delete)} $$;\n"
+    )
+
+
+INSTALL = f"""
 CREATE FUNCTION orchestra_metric_bucket(value float8, bounds float8[])
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(
         (SELECT bound::text FROM unnest(bounds) bound WHERE value <= bound ORDER BY bound LIMIT 1),
         '+Inf')
 $$;
+"""
+# Rows by status (a gauge: deletes count down).
+INSTALL += _function(
+    "orchestra_count_status",
+    _counts(_STATUS.format("SELECT status AS label, 1 AS delta FROM new_rows")),
+    _counts(_STATUS.format(_STATUS_CHANGES)),
+    _counts(_STATUS.format("SELECT status AS label, -1 AS delta FROM old_rows")),
+)
+# A finished run's duration, and the deliveries past the first (counters: never count down).
+INSTALL += _function(
+    "orchestra_count_run",
+    _counts(_RUN.replace("{rows}", _INSERTED)),
+    _counts(_RUN.replace("{rows}", _UPDATED)),
+)
+INSTALL += _function(
+    "orchestra_count_step", _counts(_STEP.replace("{rows}", _INSERTED)), _counts(_STEP.replace("{rows}", _UPDATED))
+)
+INSTALL += _function(
+    "orchestra_count_record_starts",
+    _counts(_STARTS.replace("{rows}", _INSERTED)),
+    _counts(_STARTS.replace("{rows}", _UPDATED)),
+)
 
--- Rows by status (a gauge: deletes count down). An UPDATE takes its two rows in label order,
--- so that two transactions never wait on each other's rows in opposite orders.
-CREATE FUNCTION orchestra_count_status() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM orchestra_metric_add(TG_ARGV[0], NEW.status, 1, 0);
-    ELSIF TG_OP = 'DELETE' THEN
-        PERFORM orchestra_metric_add(TG_ARGV[0], OLD.status, -1, 0);
-    ELSIF OLD.status IS DISTINCT FROM NEW.status THEN
-        PERFORM orchestra_metric_add(TG_ARGV[0], change.label, change.delta, 0)
-           FROM (VALUES (OLD.status, -1), (NEW.status, 1)) AS change (label, delta)
-          ORDER BY change.label;
-    END IF;
-    RETURN NULL;
-END $$;
-
--- A finished run's duration, and the deliveries past the first (counters: never count down).
-CREATE FUNCTION orchestra_count_run() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    seconds float8;
-    was_finished boolean := TG_OP = 'UPDATE' AND OLD.finished_at IS NOT NULL;
-    attempts_before bigint := CASE WHEN TG_OP = 'UPDATE' THEN greatest(OLD.attempt, 1) ELSE 1 END;
-BEGIN
-    IF NEW.finished_at IS NOT NULL AND NEW.started_at IS NOT NULL AND NOT was_finished THEN
-        seconds := extract(epoch FROM NEW.finished_at - NEW.started_at);
-        PERFORM orchestra_metric_add(
-            'run_duration_seconds',
-            orchestra_metric_bucket(seconds, {_ARRAY.format(",".join(map(str, RUN_BUCKETS)))}),
-            1, seconds);
-    END IF;
-    IF greatest(NEW.attempt, 1) > attempts_before THEN
-        PERFORM orchestra_metric_add(
-            'run_redeliveries', '', greatest(NEW.attempt, 1) - attempts_before, 0);
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION orchestra_count_step() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.duration_ms IS NOT NULL AND (TG_OP = 'INSERT' OR OLD.duration_ms IS NULL) THEN
-        PERFORM orchestra_metric_add(
-            'step_duration_seconds',
-            orchestra_metric_bucket(
-                NEW.duration_ms / 1000.0,
-                {_ARRAY.format(",".join(map(str, STEP_BUCKETS)))}),
-            1, NEW.duration_ms / 1000.0);
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION orchestra_count_record_starts() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    before bigint := CASE WHEN TG_OP = 'UPDATE' THEN greatest(OLD.start_count, 1) ELSE 1 END;
-BEGIN
-    IF greatest(NEW.start_count, 1) > before THEN
-        PERFORM orchestra_metric_add('queue_reruns', '', greatest(NEW.start_count, 1) - before, 0);
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER orchestra_metrics_run_status
-    AFTER INSERT OR DELETE OR UPDATE OF status ON runs_testrun
-    FOR EACH ROW EXECUTE FUNCTION orchestra_count_status('runs');
-CREATE TRIGGER orchestra_metrics_run
-    AFTER INSERT OR UPDATE OF finished_at, attempt ON runs_testrun
-    FOR EACH ROW EXECUTE FUNCTION orchestra_count_run();
-CREATE TRIGGER orchestra_metrics_step
-    AFTER INSERT OR UPDATE OF duration_ms ON runs_stepresult
-    FOR EACH ROW EXECUTE FUNCTION orchestra_count_step();
-CREATE TRIGGER orchestra_metrics_record_status
-    AFTER INSERT OR DELETE OR UPDATE OF status ON queue_catalog_queuerecord
-    FOR EACH ROW EXECUTE FUNCTION orchestra_count_status('queue_records');
-CREATE TRIGGER orchestra_metrics_record_starts
-    AFTER INSERT OR UPDATE OF start_count ON queue_catalog_queuerecord
-    FOR EACH ROW EXECUTE FUNCTION orchestra_count_record_starts();
-CREATE TRIGGER orchestra_metrics_dead_letter_status
-    AFTER INSERT OR DELETE OR UPDATE OF status ON runs_deadletter
-    FOR EACH ROW EXECUTE FUNCTION orchestra_count_status('dead_letters');
-
+TRIGGERS = [
+    # (trigger, table, function call, events)
+    ("orchestra_metrics_run_status", "runs_testrun", "orchestra_count_status('runs')",
+     ("INSERT", "UPDATE", "DELETE")),
+    ("orchestra_metrics_run", "runs_testrun", "orchestra_count_run()", ("INSERT", "UPDATE")),
+    ("orchestra_metrics_step", "runs_stepresult", "orchestra_count_step()", ("INSERT", "UPDATE")),
+    ("orchestra_metrics_record_status", "queue_catalog_queuerecord",
+     "orchestra_count_status('queue_records')", ("INSERT", "UPDATE", "DELETE")),
+    ("orchestra_metrics_record_starts", "queue_catalog_queuerecord",
+     "orchestra_count_record_starts()", ("INSERT", "UPDATE")),
+    ("orchestra_metrics_dead_letter_status", "runs_deadletter",
+     "orchestra_count_status('dead_letters')", ("INSERT", "UPDATE", "DELETE")),
+]
+# One trigger per event: an INSERT has no old rows, a DELETE no new ones; the functions read
+# only the transition tables their TG_OP has (an empty stand-in for the other).
+_TRANSITIONS = {
+    "INSERT": "REFERENCING NEW TABLE AS new_rows",
+    "UPDATE": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+    "DELETE": "REFERENCING OLD TABLE AS old_rows",
+}
+INSTALL += "".join(
+    f"CREATE TRIGGER {name}_{event.lower()} AFTER {event} ON {table} "
+    f"{_TRANSITIONS[event]} FOR EACH STATEMENT EXECUTE FUNCTION {call};\n"
+    for name, table, call, events in TRIGGERS
+    for event in events
+)
+INSTALL += f"""
 -- What the tables already hold, counted once.
 INSERT INTO orchestra_metriccounter (name, label, shard, count, total)
 SELECT 'runs', status, 0, count(*), 0 FROM runs_testrun GROUP BY status
@@ -131,19 +166,16 @@ SELECT 'step_duration_seconds', bucket, 0, count(*), sum(seconds)
           FROM runs_stepresult WHERE duration_ms IS NOT NULL) steps
  GROUP BY bucket;
 """
-UNINSTALL = """
-DROP TRIGGER orchestra_metrics_run_status ON runs_testrun;
-DROP TRIGGER orchestra_metrics_run ON runs_testrun;
-DROP TRIGGER orchestra_metrics_step ON runs_stepresult;
-DROP TRIGGER orchestra_metrics_record_status ON queue_catalog_queuerecord;
-DROP TRIGGER orchestra_metrics_record_starts ON queue_catalog_queuerecord;
-DROP TRIGGER orchestra_metrics_dead_letter_status ON runs_deadletter;
+UNINSTALL = "".join(
+    f"DROP TRIGGER {name}_{event.lower()} ON {table};\n"
+    for name, table, _call, events in TRIGGERS
+    for event in events
+) + """
 DROP FUNCTION orchestra_count_status();
 DROP FUNCTION orchestra_count_run();
 DROP FUNCTION orchestra_count_step();
 DROP FUNCTION orchestra_count_record_starts();
 DROP FUNCTION orchestra_metric_bucket(float8, float8[]);
-DROP FUNCTION orchestra_metric_add(text, text, bigint, float8);
 """
 
 
