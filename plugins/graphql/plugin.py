@@ -12,7 +12,7 @@ from plugins.base import (
     check_json_paths,
 )
 from plugins.bodies import decode_text, summarize, summarize_text
-from plugins.http.plugin import checked_client, send_request
+from plugins.http.plugin import STATUS_SCHEMA, checked_client, send_request
 
 
 class GraphqlPlugin(ProtocolPlugin):
@@ -43,16 +43,7 @@ class GraphqlPlugin(ProtocolPlugin):
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "status": {
-                "oneOf": [
-                    {"type": "integer", "minimum": 100, "maximum": 599},
-                    {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"type": "integer", "minimum": 100, "maximum": 599},
-                    },
-                ]
-            },
+            "status": STATUS_SCHEMA,
             "json": {"type": "object"},
             "errors": {
                 "oneOf": [

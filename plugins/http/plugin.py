@@ -28,6 +28,17 @@ from plugins.bodies import decode_text, summarize, summarize_text
 from plugins.outbound import IPAddress, OutboundRefused, step_outbound_check
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+#: ``expect.status``: one HTTP status code, or a list of the accepted ones.
+STATUS_SCHEMA = {
+    "oneOf": [
+        {"type": "integer", "minimum": 100, "maximum": 599},
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "integer", "minimum": 100, "maximum": 599},
+        },
+    ]
+}
 
 
 def _text(value: Any) -> str:
@@ -395,16 +406,7 @@ class HttpPlugin(ProtocolPlugin):
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "status": {
-                "oneOf": [
-                    {"type": "integer", "minimum": 100, "maximum": 599},
-                    {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"type": "integer", "minimum": 100, "maximum": 599},
-                    },
-                ]
-            },
+            "status": STATUS_SCHEMA,
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "json": {"type": "object"},
             "body_contains": {"type": "string"},
