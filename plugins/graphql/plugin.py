@@ -11,7 +11,7 @@ from plugins.base import (
     StepContext,
     check_json_paths,
 )
-from plugins.bodies import decode_text, summarize, summarize_text
+from plugins.bodies import decode_text, summarize_text
 from plugins.http.plugin import STATUS_SCHEMA, checked_client, send_request
 
 
@@ -112,12 +112,7 @@ class GraphqlPlugin(ProtocolPlugin):
                 "errors": _errors(document),
             },
             request=request_summary,
-            response={
-                "status": exchange.status,
-                "headers": exchange.headers,
-                "body": summarize(exchange.content, content_type, text=text),
-                "elapsed_ms": exchange.elapsed_ms,
-            },
+            response=exchange.summary(text),
         )
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:

@@ -284,6 +284,16 @@ class Exchange:
     content: bytes
     elapsed_ms: float
 
+    def summary(self, text: str | None) -> dict[str, Any]:
+        """What is stored of the answer; ``text`` is the body's ``decode_text``."""
+        content_type = self.headers.get("content-type", "")
+        return {
+            "status": self.status,
+            "headers": self.headers,
+            "body": summarize(self.content, content_type, text=text),
+            "elapsed_ms": self.elapsed_ms,
+        }
+
 
 def checked_client() -> httpx.Client:
     """A client whose every request, redirects included, is checked against the outbound
@@ -465,12 +475,7 @@ class HttpPlugin(ProtocolPlugin):
                 "body": text,
             },
             request=request_summary,
-            response={
-                "status": exchange.status,
-                "headers": exchange.headers,
-                "body": summarize(exchange.content, content_type, text=text),
-                "elapsed_ms": exchange.elapsed_ms,
-            },
+            response=exchange.summary(text),
         )
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
