@@ -162,7 +162,7 @@ def _store_step(run_id: int, worker: str, attempt: int, step: dict[str, Any]) ->
         return LeaseState.HELD
 
 
-def _finish_run(run_id: int, *, to: str, worker: str, attempt: int, **stored: Any) -> bool:
+def _finish_run(run_id: int, *, to: str, worker: str, attempt: int, **stored: Any) -> str | None:
     """``finish_run``, once more on a new connection when the first one was lost (whose commit,
     if it happened, the second try recognises by the run's status, owner and attempt)."""
     try:
@@ -170,9 +170,13 @@ def _finish_run(run_id: int, *, to: str, worker: str, attempt: int, **stored: An
     except TRANSIENT_DATABASE_ERRORS:
         logger.warning("run %s: connection lost finishing; once more", run_id, exc_info=True)
         connection.close()
-    if finish_run(run_id, to=to, worker=worker, attempt=attempt, **stored):
-        return True
-    return TestRun.objects.filter(id=run_id, status=to, worker=worker, attempt=attempt).exists()
+    if finished := finish_run(run_id, to=to, worker=worker, attempt=attempt, **stored):
+        return finished
+    statuses = (to, RunStatus.CANCELLED)
+    committed = TestRun.objects.filter(
+        id=run_id, status__in=statuses, worker=worker, attempt=attempt, finished_at__isnull=False
+    )
+    return committed.values_list("status", flat=True).first()
 
 
 def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -> Outcome:
@@ -299,9 +303,11 @@ def _finish(
             )
     if finished:
         transaction.on_commit(
-            lambda: run_finished.send(sender=TestRun, run_id=run_id, status=status, context=context)
+            lambda: run_finished.send(
+                sender=TestRun, run_id=run_id, status=finished, context=context
+            )
         )
-    return finished
+    return finished is not None
 
 
 class _RunExecution:

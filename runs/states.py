@@ -196,14 +196,16 @@ _FINISH = {
         f"""
 WITH finished AS (
     UPDATE runs_testrun
-       SET status = '{to}', finished_at = now(), lease_expires_at = NULL, error = %(error)s
+       SET status = CASE WHEN cancel_requested_at IS NULL THEN '{to}' ELSE 'CANCELLED' END,
+           error = CASE WHEN cancel_requested_at IS NULL THEN %(error)s ELSE 'cancelled' END,
+           finished_at = now(), lease_expires_at = NULL
      WHERE id = %(run_id)s
        AND {_status_condition(to, RunStatus.IN_PROGRESS)}
        AND worker = %(worker)s AND attempt = %(attempt)s
-    RETURNING id
+    RETURNING id, status
 ), step AS ({_STEP_INSERT}
  WHERE %(step)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM finished))
-SELECT count(*) FROM finished
+SELECT (SELECT status FROM finished)
 """,
     )
     for to in _FINISHED_BY_WORKER
@@ -241,11 +243,14 @@ def finish_run(
     attempt: int,
     error: str,
     last_step: dict[str, Any] | None = None,
-) -> bool:
-    """IN_PROGRESS -> ``to`` for the owner ``worker``/``attempt``, storing ``last_step`` with it.
+) -> str | None:
+    """IN_PROGRESS -> ``to`` for the owner ``worker``/``attempt``, storing ``last_step`` with it;
+    the status the run now has.
 
-    False when the run is no longer this attempt's (taken over after a lost lease, or finished
-    by the sweep): then nothing is written.
+    A run whose cancel was requested becomes CANCELLED whatever ``to`` says: the database, not
+    the worker's last look, decides whether the request came before the end. None when the run
+    is no longer this attempt's (taken over after a lost lease, or finished by the sweep): then
+    nothing is written.
     """
     if to not in _FINISH:
         raise IllegalTransition(f"IN_PROGRESS -> {to} is not a worker's transition")
@@ -258,7 +263,7 @@ def finish_run(
     }
     with connection.cursor() as cursor:
         _FINISH[to].execute(cursor, params)
-        return cursor.fetchone()[0] == 1
+        return cursor.fetchone()[0]
 
 
 def claim_run(

@@ -20,7 +20,7 @@ def budget(monkeypatch):
 def problems(definition: dict) -> list[tuple[str, str]]:
     with pytest.raises(DefinitionError) as caught:
         validate_definition(definition)
-    return [(problem.path, problem.message) for problem in caught.value.problems]
+    return [(problem.label, problem.message) for problem in caught.value.problems]
 
 
 def test_a_step_timeout_past_the_time_limit_is_refused_naming_the_step_and_timeout():

@@ -59,11 +59,13 @@ def test_a_stale_owner_is_refused_by_the_database_once_another_worker_took_over(
         renew_lease(run.id, worker="host:1", attempt=1, lease_seconds=60, cancel_grace=30)
         is LeaseState.LOST
     )
-    assert finish_run(run.id, to=RunStatus.PASSED, worker="host:1", attempt=1, error="") is False
+    assert finish_run(run.id, to=RunStatus.PASSED, worker="host:1", attempt=1, error="") is None
     assert not StepResult.objects.exists()
 
     assert store_step(run.id, worker="host:2", attempt=2, step=step()) is LeaseState.HELD
-    assert finish_run(run.id, to=RunStatus.PASSED, worker="host:2", attempt=2, error="") is True
+    assert finish_run(run.id, to=RunStatus.PASSED, worker="host:2", attempt=2, error="") == (
+        RunStatus.PASSED
+    )
     assert list(StepResult.objects.values_list("attempt", flat=True)) == [2]
 
 
@@ -109,6 +111,21 @@ def test_a_cancel_request_shows_in_the_lease_and_is_confirmed_by_the_worker(db):
     assert run.status == RunStatus.CANCELLED
 
 
+def test_a_run_whose_cancel_was_requested_before_its_end_finishes_cancelled(db):
+    from runs.services import run_cancel
+
+    run = new_run()
+    claim(run, "host:1")
+    run_cancel(run_id=run.id)
+
+    # The worker saw the cancel too late (its last step had passed): the database decides.
+    finished = finish_run(run.id, to=RunStatus.PASSED, worker="host:1", attempt=1, error="")
+
+    run.refresh_from_db()
+    assert finished == run.status == RunStatus.CANCELLED
+    assert run.error == "cancelled"
+
+
 def test_a_claim_after_the_attempts_deadline_passed_is_out_of_time(db):
     run = new_run()
     claim(run, "host:1")
@@ -132,5 +149,10 @@ def test_raw_sql_status_conditions_agree_with_the_transitions_table(sql, to):
     conditions = [set(_STATUS.findall(clause)) for clause in _IN.findall(sql)]
     assert conditions, "every statement states its status condition as status IN (...)"
     assert all(statuses <= allowed for statuses in conditions), (conditions, allowed)
+    # Besides its sources, a statement may name only statuses its sources may move to (a
+    # finish becomes CANCELLED when a cancel was requested).
+    sources = set().union(*conditions)
+    reachable = {status for status, froms in ALLOWED_SOURCES.items() if sources <= froms}
     mentioned = set(_STATUS.findall(sql)) & set(RunStatus.values)
-    assert mentioned <= allowed | {to}, mentioned - allowed - {to}
+    assert to in reachable
+    assert mentioned <= allowed | reachable, mentioned - allowed - reachable
