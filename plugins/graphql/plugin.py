@@ -9,10 +9,15 @@ from plugins.base import (
     PluginResult,
     ProtocolPlugin,
     StepContext,
-    check_json_paths,
 )
 from plugins.bodies import decode_text, summarize_text
-from plugins.http.plugin import STATUS_SCHEMA, checked_client, send_request
+from plugins.http.plugin import (
+    STATUS_SCHEMA,
+    checked_client,
+    json_body_assertions,
+    send_request,
+    status_assertion,
+)
 
 
 class GraphqlPlugin(ProtocolPlugin):
@@ -116,26 +121,9 @@ class GraphqlPlugin(ProtocolPlugin):
         )
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
-        status = result.fields["status"]
-        allowed = expect.get("status", 200)
-        allowed_list = allowed if isinstance(allowed, list) else [allowed]
-        passed = status in allowed_list
-        assertions = [
-            Assertion(
-                "status",
-                passed,
-                allowed,
-                status,
-                "" if passed else f"status is {status}, expected {allowed}",
-            )
-        ]
+        assertions = [status_assertion(expect.get("status", 200), result.fields["status"])]
         if "json" in expect:
-            if result.data is None:
-                assertions.append(
-                    Assertion("json", False, expect["json"], None, "response body is not JSON")
-                )
-            else:
-                assertions.extend(check_json_paths(expect["json"], result.data))
+            assertions.extend(json_body_assertions(expect["json"], result.data))
         if "errors" in expect:
             assertions.append(_check_errors(expect["errors"], result.fields["errors"]))
         return assertions

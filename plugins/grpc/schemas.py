@@ -1,5 +1,8 @@
 """Where the grpc plugin learns a method's messages: the server's reflection service, or
-``.proto`` files compiled at run time with grpcio-tools' protoc."""
+``.proto`` files compiled at run time with grpcio-tools' protoc.
+
+It opens no connection of its own: reflection runs on the channel the plugin dialled to the
+addresses the outbound policy returned (``plugins/grpc/plugin.py``, ``check_outbound``)."""
 
 from __future__ import annotations
 

@@ -383,6 +383,20 @@ def _exchange(
         response.close()
 
 
+def status_assertion(expected: int | list[int], status: int) -> Assertion:
+    """``expect.status`` (one code or the accepted ones) against the answer's status."""
+    passed = status in (expected if isinstance(expected, list) else [expected])
+    message = "" if passed else f"status is {status}, expected {expected}"
+    return Assertion("status", passed, expected, status, message)
+
+
+def json_body_assertions(expected: dict[str, Any], document: Any) -> list[Assertion]:
+    """``expect.json`` against the answer's JSON body (None: the body is not JSON)."""
+    if document is None:
+        return [Assertion("json", False, expected, None, "response body is not JSON")]
+    return check_json_paths(expected, document)
+
+
 class HttpPlugin(ProtocolPlugin):
     """Sends one HTTP request with httpx.
 
@@ -480,31 +494,15 @@ class HttpPlugin(ProtocolPlugin):
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         assertions: list[Assertion] = []
-        status = result.fields["status"]
         if "status" in expect:
-            allowed = expect["status"] if isinstance(expect["status"], list) else [expect["status"]]
-            passed = status in allowed
-            assertions.append(
-                Assertion(
-                    "status",
-                    passed,
-                    expect["status"],
-                    status,
-                    "" if passed else f"status is {status}, expected {expect['status']}",
-                )
-            )
+            assertions.append(status_assertion(expect["status"], result.fields["status"]))
         for name, expected in expect.get("headers", {}).items():
             actual = result.fields["headers"].get(name.lower())
             passed = actual == expected
             message = "" if passed else f"header {name} is {actual!r}, expected {expected!r}"
             assertions.append(Assertion(f"header {name}", passed, expected, actual, message))
         if "json" in expect:
-            if result.data is None:
-                assertions.append(
-                    Assertion("json", False, expect["json"], None, "response body is not JSON")
-                )
-            else:
-                assertions.extend(check_json_paths(expect["json"], result.data))
+            assertions.extend(json_body_assertions(expect["json"], result.data))
         if "body_contains" in expect:
             body = result.fields.get("body", result.response.get("body", ""))
             passed = isinstance(body, str) and expect["body_contains"] in body
