@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "orchestra",
     "plugins",
+    "targets",
     "runs",
     "queue_catalog",
 ]
@@ -219,6 +220,13 @@ ORCHESTRA_MAX_STEPS = env_int("ORCHESTRA_MAX_STEPS", 200)
 ORCHESTRA_QUEUE_MAX_ATTEMPTS = env_int("ORCHESTRA_QUEUE_MAX_ATTEMPTS", 5)
 ORCHESTRA_QUEUE_RETRY_BASE_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_BASE_SECONDS", 5.0)
 ORCHESTRA_QUEUE_RETRY_MAX_SECONDS = env_float("ORCHESTRA_QUEUE_RETRY_MAX_SECONDS", 600.0)
+# Throttling (targets.throttle): a target's Retry-After is obeyed up to ORCHESTRA_MAX_RETRY_AFTER
+# seconds; a run waits on throttled keys for ORCHESTRA_MAX_THROTTLE_WAIT seconds in all before the
+# step ends ERROR; a wait shorter than ORCHESTRA_THROTTLE_SLEEP_SECONDS sleeps inside the step, a
+# longer one gives the run back (kept in PostgreSQL, resumed by the sweep).
+ORCHESTRA_MAX_RETRY_AFTER = env_float("ORCHESTRA_MAX_RETRY_AFTER", 300.0)
+ORCHESTRA_MAX_THROTTLE_WAIT = env_float("ORCHESTRA_MAX_THROTTLE_WAIT", 900.0)
+ORCHESTRA_THROTTLE_SLEEP_SECONDS = env_float("ORCHESTRA_THROTTLE_SLEEP_SECONDS", 1.0)
 # A render of templates gets ORCHESTRA_TEMPLATE_TIME_LIMIT seconds (runs/templating.py).
 ORCHESTRA_TEMPLATE_TIME_LIMIT = env_float("ORCHESTRA_TEMPLATE_TIME_LIMIT", 1.0)
 # Credentials steps read as {{ credentials.NAME }}, from ORCHESTRA_CREDENTIAL_<NAME> variables of

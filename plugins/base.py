@@ -53,6 +53,20 @@ class PluginError(Exception):
         self.retryable = retryable
 
 
+@dataclass(frozen=True)
+class Pushback:
+    """A target said "not now": HTTP 429, or 503 with ``Retry-After``.
+
+    ``retry_after`` is in seconds from the response (an HTTP date already measured against the
+    response's own ``Date``); None when the header is absent or malformed.
+    """
+
+    status: int
+    retry_after: float | None
+    #: The ``Retry-After`` header as the target sent it.
+    header: str = ""
+
+
 @dataclass
 class PluginResult:
     """What a step produced."""
@@ -61,6 +75,8 @@ class PluginResult:
     fields: dict[str, Any] = field(default_factory=dict)
     request: dict[str, Any] = field(default_factory=dict)
     response: dict[str, Any] = field(default_factory=dict)
+    #: Set when the target pushed back; the executor blocks the step's rate key and sends again.
+    pushback: Pushback | None = None
 
 
 @dataclass
@@ -146,6 +162,16 @@ class ProtocolPlugin(ABC):
     @abstractmethod
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         """Perform the step; return a result or raise :class:`PluginError`."""
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        """The default rate key of a step with these rendered ``params``: the target's
+        ``scheme://host:port``; None for a step that sends nothing (the default)."""
+        return None
+
+    def accepts_pushback(self, expect: dict[str, Any], pushback: Pushback) -> bool:
+        """Whether ``expect`` accepts ``pushback`` as the step's result (a step that tests the
+        target's limiter): then it is not obeyed, nor shared with other workers."""
+        return False
 
     def listen(self, params: dict[str, Any], context: StepContext) -> Listener:
         """Subscribe before a step runs (``listen:``); see plugins/resources.py."""

@@ -1,0 +1,1 @@
+"""What orchestra knows about the systems under test: rate keys and their state."""

@@ -1,0 +1,56 @@
+"""Rate keys: the budget of requests that every worker shares for one target.
+
+A row holds a key's configuration (set through the API and the admin; all of it optional) and its
+state (written only by ``targets.throttle``, on the database's clock). A key that nobody
+configured gets its row on first use and is unlimited until the target pushes back.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class RateKey(models.Model):
+    """One fleet-wide budget: a target's ``scheme://host:port`` or a step's ``rate_key``."""
+
+    name = models.CharField(_("name"), max_length=300, unique=True)
+
+    # Configuration: ``requests`` per ``interval_seconds`` with ``burst`` at once (GCRA), and at
+    # most ``max_concurrent`` requests in flight. Null: no limit of that kind.
+    requests = models.PositiveIntegerField(_("requests"), null=True, blank=True)
+    interval_seconds = models.FloatField(_("per (seconds)"), default=1.0)
+    burst = models.PositiveIntegerField(_("burst"), default=1)
+    max_concurrent = models.PositiveIntegerField(_("max concurrent"), null=True, blank=True)
+
+    # State (targets.throttle only).
+    tat = models.DateTimeField(_("theoretical arrival time"), null=True, blank=True)
+    blocked_until = models.DateTimeField(_("blocked until"), null=True, blank=True)
+    learned_interval_seconds = models.FloatField(
+        _("learned interval (s)"),
+        null=True,
+        blank=True,
+        help_text=_("Seconds between requests learned from the target's 429s."),
+    )
+    requests_total = models.BigIntegerField(_("requests"), default=0)
+    pushbacks_total = models.BigIntegerField(_("429s received"), default=0)
+    throttled_waits_total = models.BigIntegerField(_("throttled waits"), default=0)
+    wait_seconds_total = models.FloatField(_("seconds waited"), default=0.0)
+    recent_pushbacks = models.JSONField(_("recent 429s"), default=list, blank=True)
+
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("rate key")
+        verbose_name_plural = _("rate keys")
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(interval_seconds__gt=0), name="rate_key_interval_positive"
+            ),
+            models.CheckConstraint(condition=models.Q(burst__gte=1), name="rate_key_burst_min"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
