@@ -24,6 +24,7 @@ API_RESOURCES = {
     "runs": "run-list",
     "queue": "queue-record-list",
     "dead-letters": "dead-letter-list",
+    "rate-keys": "rate-key-list",
     "plugins": "plugins",
     "health": "health",
     "schema": "schema",
