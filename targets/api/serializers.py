@@ -44,7 +44,27 @@ class IntervalField(serializers.FloatField):
 
 class RateKeyConfigSerializer(serializers.Serializer):
     """A key's configuration. A field left out of a PUT takes its default (no limit of that
-    kind); a PATCH changes only the fields it names."""
+    kind); a PATCH changes only the fields it names. A key's name and state cannot be set."""
+
+    # Names a caller might send expecting them to change something: a 400 says they cannot.
+    READ_ONLY = {
+        "name": "cannot change; create a key of the new name",
+        **{
+            field: "read-only: the throttle keeps it (use unblock to lift a block)"
+            for field in (
+                "id",
+                "tat",
+                "blocked_until",
+                "learned_interval_seconds",
+                "requests_total",
+                "pushbacks_total",
+                "throttled_waits_total",
+                "wait_seconds_total",
+                "recent_pushbacks",
+                "use",
+            )
+        },
+    }
 
     requests = _count(
         "Requests per `interval_seconds` (null: no rate limit).", allow_null=True, default=None
@@ -55,8 +75,19 @@ class RateKeyConfigSerializer(serializers.Serializer):
         "Requests in flight at once, fleet-wide (null: no limit).", allow_null=True, default=None
     )
 
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            refused = {name: [self.READ_ONLY[name]] for name in data if name in self.READ_ONLY}
+            if refused:
+                raise serializers.ValidationError(refused)
+        return super().to_internal_value(data)
+
 
 class RateKeyCreateSerializer(RateKeyConfigSerializer):
+    READ_ONLY = {
+        name: text for name, text in RateKeyConfigSerializer.READ_ONLY.items() if name != "name"
+    }
+
     name = serializers.CharField(
         max_length=services.NAME_MAX_LENGTH,
         validators=[_NOT_BLANK],
