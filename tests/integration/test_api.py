@@ -19,6 +19,7 @@ from runs.deadletters import dead_letters_collect
 from runs.models import DeadLetter, Scenario, StepResult, TestRun
 from runs.services import scenario_save
 from runs.tasks import execute_run
+from targets.models import RateKey
 from tests.factories import delay_step, make_scenario
 from tests.support import wait_for
 
@@ -56,6 +57,13 @@ ENDPOINTS = [
     ("post", "/api/queue/{record}/cancel/"),
     ("post", "/api/queue/{record}/retry/"),
     ("post", "/api/queue/{record}/move-to-front/"),
+    ("get", "/api/rate-keys/"),
+    ("post", "/api/rate-keys/"),
+    ("get", "/api/rate-keys/{key}/"),
+    ("put", "/api/rate-keys/{key}/"),
+    ("patch", "/api/rate-keys/{key}/"),
+    ("delete", "/api/rate-keys/{key}/"),
+    ("post", "/api/rate-keys/{key}/unblock/"),
 ]
 READS = [endpoint for endpoint in ENDPOINTS if endpoint[0] == "get"]
 WRITES = [endpoint for endpoint in ENDPOINTS if endpoint[0] != "get"]
@@ -110,11 +118,20 @@ def stored(live_db) -> dict[str, int]:
         task_id="stored", task="runs.execute_run", reason="stored", body="[[1], {}, {}]"
     )
     record = QueueRecord.objects.create(scenario=scenario, payload={}, status="DONE")
-    return {"scenario": scenario.id, "run": run.id, "letter": letter.id, "record": record.id}
+    key = RateKey.objects.create(name="http://127.0.0.1:8081", requests=20, burst=5)
+    return {
+        "scenario": scenario.id,
+        "run": run.id,
+        "letter": letter.id,
+        "record": record.id,
+        "key": key.id,
+    }
 
 
 def row_counts() -> list[int]:
-    return [model.objects.count() for model in (Scenario, TestRun, QueueRecord, DeadLetter)]
+    return [
+        model.objects.count() for model in (Scenario, TestRun, QueueRecord, DeadLetter, RateKey)
+    ]
 
 
 def finished_run(run_id: int) -> TestRun:
@@ -135,7 +152,7 @@ def test_the_endpoint_table_lists_every_operation_of_the_schema(viewer_client):
         for method in methods
     }
     listed = {
-        (method, url.format(scenario="{x}", run="{x}", letter="{x}", record="{x}"))
+        (method, url.format(scenario="{x}", run="{x}", letter="{x}", record="{x}", key="{x}"))
         for method, url in ENDPOINTS
     }
     assert operations - listed == {("get", "/api/health/"), ("get", "/metrics")}
@@ -184,7 +201,7 @@ def test_a_viewer_trying_to_write_gets_403_and_nothing_changes(viewer_client, st
 @pytest.mark.parametrize("endpoint", DETAILS, ids=_label)
 def test_every_detail_endpoint_answers_404_for_an_unknown_id(api_client, endpoint):
     method, url = endpoint
-    ids = dict.fromkeys(["scenario", "run", "letter", "record"], UNKNOWN_ID)
+    ids = dict.fromkeys(["scenario", "run", "letter", "record", "key"], UNKNOWN_ID)
 
     assert_error(call(api_client, method, url.format(**ids), {}), 404, "not_found")
 
@@ -207,6 +224,7 @@ def test_api_root_lists_every_resource_for_users_only(viewer_client):
         "runs",
         "queue",
         "dead-letters",
+        "rate-keys",
         "plugins",
         "health",
         "schema",

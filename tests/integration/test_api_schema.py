@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from queue_catalog.models import QueueRecord
 from runs.models import DeadLetter, StepResult, TestRun
+from targets.models import RateKey
 from tests.conftest import make_api_client, purge_queues
 from tests.factories import delay_step, make_scenario
 
@@ -35,6 +36,7 @@ SERVER_STATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "POST /api/runs/": {"scenario": ("no scenario", "is not active")},
     "POST /api/queue/": {"scenario": ("no scenario", "is not active")},
     "POST /api/scenarios/validate/": {"definition": ("",)},
+    "POST /api/rate-keys/": {"name": ("already exists",)},
     **{
         label: {"name": ("already exists",), "definition": ("",)}
         for label in (
@@ -87,6 +89,7 @@ def seeded(django_db_reset_sequences):
     QueueRecord.objects.create(
         scenario=scenario, payload={}, status="ERROR", start_count=1, max_attempts=1
     )
+    RateKey.objects.create(name="http://127.0.0.1:8081", requests=20, burst=5)
     yield
     purge_queues()
 
