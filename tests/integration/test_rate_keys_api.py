@@ -3,11 +3,14 @@ use derived on the database's clock, unblock, roles and field errors; against Po
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.db.models import F
 from django.db.models.functions import Now
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from targets.models import RateKey
@@ -45,6 +48,19 @@ def keys(transactional_db) -> dict[str, RateKey]:
     RateKey.objects.filter(name="payments").update(tat=ahead(25))  # 2.5 of 4 spent
     RateKey.objects.filter(name="http://slow.example.com:80").update(blocked_until=ahead(60))
     return made
+
+
+def columns_written(captured: CaptureQueriesContext) -> set[str]:
+    """The rate key columns that the captured UPDATE statements set."""
+    written = set()
+    for query in captured.captured_queries:
+        if query["sql"].startswith('UPDATE "targets_ratekey"'):
+            assignments = query["sql"].split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+            written |= set(re.findall(r'"(\w+)" = ', assignments))
+    return written
+
+
+CONFIG_COLUMNS = {"requests", "interval_seconds", "burst", "max_concurrent", "updated_at"}
 
 
 def by_name(client, query: str = "") -> dict[str, dict]:
@@ -203,9 +219,12 @@ def test_patch_changes_only_named_configuration_and_keeps_the_throttle_state(api
     # The throttle counts on while the operator edits.
     RateKey.objects.filter(id=key.id).update(requests_total=F("requests_total") + 5)
 
-    response = call(api_client, "patch", f"{URL}{key.id}/", {"requests": 4, "burst": 2})
+    with CaptureQueriesContext(connection) as captured:
+        response = call(api_client, "patch", f"{URL}{key.id}/", {"requests": 4, "burst": 2})
 
     assert response.status_code == 200, response.content
+    # Only its own columns: a worker's concurrent update of the state is never overwritten.
+    assert columns_written(captured) == {"requests", "burst", "updated_at"}
     stored = RateKey.objects.get(id=key.id)
     assert (stored.requests, stored.interval_seconds, stored.burst) == (4, 1.0, 2)
     assert stored.requests_total == 125 and stored.pushbacks_total == 2
@@ -217,9 +236,13 @@ def test_put_replaces_the_configuration_and_what_it_leaves_out_is_unlimited(api_
     key = keys["idle"]
     RateKey.objects.filter(id=key.id).update(max_concurrent=4)
 
-    response = call(api_client, "put", f"{URL}{key.id}/", {"requests": 100, "interval_seconds": 60})
+    with CaptureQueriesContext(connection) as captured:
+        response = call(
+            api_client, "put", f"{URL}{key.id}/", {"requests": 100, "interval_seconds": 60}
+        )
 
     assert response.status_code == 200, response.content
+    assert columns_written(captured) == CONFIG_COLUMNS
     stored = RateKey.objects.get(id=key.id)
     assert (stored.requests, stored.interval_seconds, stored.burst, stored.max_concurrent) == (
         100,
@@ -233,9 +256,11 @@ def test_put_replaces_the_configuration_and_what_it_leaves_out_is_unlimited(api_
 def test_unblock_lifts_the_targets_block_for_everyone_and_keeps_the_rest(api_client, keys):
     key = keys["blocked"]
 
-    response = api_client.post(f"{URL}{key.id}/unblock/")
+    with CaptureQueriesContext(connection) as captured:
+        response = api_client.post(f"{URL}{key.id}/unblock/")
 
     assert response.status_code == 200, response.content
+    assert columns_written(captured) == {"blocked_until", "updated_at"}
     assert response.json()["blocked_until"] is None
     assert response.json()["use"]["blocked"] is False
     stored = RateKey.objects.get(id=key.id)
