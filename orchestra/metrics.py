@@ -16,6 +16,12 @@ What each series means:
   rows does not take them out, as a Prometheus histogram must only grow.
 - ``orchestra_retries_total{kind}``: re-runs of queue records and redeliveries of runs, in
   the same sense.
+- ``orchestra_throttled_waits_total{rate_key}``, ``orchestra_pushbacks_total{rate_key}`` (429s,
+  and 503s with Retry-After, received), ``orchestra_throttle_wait_seconds_total{rate_key}``: the
+  counters the throttle keeps on each rate key's row (one row per key, read in one statement);
+  deleting a key starts its series again from 0, which Prometheus reads as a counter reset.
+- ``orchestra_rate_key_blocked{rate_key}``: 1 while a target's Retry-After blocks the key, on
+  the database's clock.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ SELECT s.name, q.status, count(*), extract(epoch FROM now() - min(q.created_at))
   FROM queue_catalog_queuerecord q JOIN runs_scenario s ON s.id = q.scenario_id
  WHERE q.status IN ('SCHEDULED', 'RUNNING')
  GROUP BY s.name, q.status
+"""
+
+RATE_KEYS_SQL = """
+SELECT name, throttled_waits_total, pushbacks_total, wait_seconds_total,
+       coalesce(blocked_until > now(), false)
+  FROM targets_ratekey
 """
 
 
@@ -135,3 +147,34 @@ class OrchestraCollector:
             "Messages in the dead-letter store by status.",
             counters["dead_letters"],
         )
+        yield from _rate_keys()
+
+
+def _rate_keys():
+    labels = ["rate_key"]
+    waits = CounterMetricFamily(
+        "orchestra_throttled_waits",
+        "Requests held back by their rate key (its limit or a target's block).",
+        labels=labels,
+    )
+    pushbacks = CounterMetricFamily(
+        "orchestra_pushbacks",
+        "429s (and 503s with Retry-After) received from targets per rate key.",
+        labels=labels,
+    )
+    seconds = CounterMetricFamily(
+        "orchestra_throttle_wait_seconds",
+        "Seconds that steps waited for their rate key.",
+        labels=labels,
+    )
+    blocked = GaugeMetricFamily(
+        "orchestra_rate_key_blocked",
+        "1 while a target's Retry-After blocks the rate key, else 0.",
+        labels=labels,
+    )
+    for name, wait_count, pushback_count, wait_seconds, is_blocked in _rows(RATE_KEYS_SQL):
+        waits.add_metric([name], float(wait_count))
+        pushbacks.add_metric([name], float(pushback_count))
+        seconds.add_metric([name], float(wait_seconds))
+        blocked.add_metric([name], 1.0 if is_blocked else 0.0)
+    yield from (waits, pushbacks, seconds, blocked)

@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 
 from targets.models import RateKey
 from tests.integration.test_api import assert_error, call
+from tests.integration.test_metrics import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -328,3 +329,35 @@ def test_the_schema_documents_the_operations_with_examples(viewer_client):
     config = schema["components"]["schemas"]["RateKeyConfigRequest"]["properties"]
     assert config["requests"]["minimum"] == 1 and config["requests"]["nullable"] is True
     assert config["interval_seconds"]["exclusiveMinimum"] is True
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+
+def test_metrics_expose_each_keys_waits_pushbacks_seconds_and_block(viewer_client, keys):
+    RateKey.objects.filter(name="payments").update(
+        throttled_waits_total=9, wait_seconds_total=4.25, blocked_until=ahead(-5)
+    )
+    with CaptureQueriesContext(connection) as captured:
+        samples = scrape(viewer_client)
+    text = viewer_client.get("/metrics").content.decode()
+
+    def sample(name: str, key: str) -> float:
+        return samples[(name, (("rate_key", key),))]
+
+    slow, payments, idle = "http://slow.example.com:80", "payments", "http://127.0.0.1:8081"
+    assert sample("orchestra_rate_key_blocked", slow) == 1
+    assert sample("orchestra_rate_key_blocked", payments) == 0  # its block has passed
+    assert sample("orchestra_rate_key_blocked", idle) == 0  # never blocked
+    assert sample("orchestra_pushbacks_total", slow) == 2
+    assert sample("orchestra_throttled_waits_total", slow) == 7
+    assert sample("orchestra_throttle_wait_seconds_total", slow) == 31.5
+    assert sample("orchestra_throttled_waits_total", payments) == 9
+    assert sample("orchestra_throttle_wait_seconds_total", payments) == 4.25
+    assert sample("orchestra_pushbacks_total", idle) == 0
+    for family in ("throttled_waits", "pushbacks", "throttle_wait_seconds"):
+        assert f"# TYPE orchestra_{family}_total counter" in text
+    assert "# TYPE orchestra_rate_key_blocked gauge" in text
+    # One statement for every key, however many there are.
+    reads = [q["sql"] for q in captured.captured_queries if "targets_ratekey" in q["sql"]]
+    assert len(reads) == 1, reads
