@@ -11,7 +11,7 @@ import math
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models.functions import Now
+from django.db.models.functions import Least, Now
 
 from targets import selectors
 from targets.models import RateKey
@@ -83,8 +83,21 @@ def rate_key_delete(*, rate_key_id: int) -> None:
 
 
 def rate_key_unblock(*, rate_key_id: int) -> RateKey:
-    """Lift the block a target's 429 put on the key: its next request may go at once (within
-    its configured limit). Raises ``RateKey.DoesNotExist``."""
-    if not RateKey.objects.filter(id=rate_key_id).update(blocked_until=None, updated_at=Now()):
+    """Lift the block a target's 429 put on the key: its next request may go at once, and the
+    ones after at the key's pace. Raises ``RateKey.DoesNotExist``.
+
+    A pushback also moves the key's timelines past the block (``tat`` for permits,
+    ``release_tat`` for parked runs coming back), so that its waiters are released at the
+    key's pace afterwards; clearing ``blocked_until`` alone would leave them waiting as long.
+    Both come back to now, with the whole burst free. Runs already parked keep the resume
+    time they were given: the sweep wakes them then, at most the block's end.
+    """
+    updated = RateKey.objects.filter(id=rate_key_id).update(
+        blocked_until=None,
+        tat=Least("tat", Now()),
+        release_tat=Least("release_tat", Now()),
+        updated_at=Now(),
+    )
+    if not updated:
         raise RateKey.DoesNotExist(f"rate key {rate_key_id} does not exist")
     return selectors.rate_key_get(rate_key_id=rate_key_id)

@@ -14,7 +14,9 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from orchestra.metrics import OrchestraCollector
+from plugins.base import Pushback
 from targets.models import RateKey
+from targets.throttle import permit_take, pushback_record
 from tests.integration.test_api import assert_error, call
 from tests.integration.test_metrics import scrape
 
@@ -262,7 +264,7 @@ def test_unblock_lifts_the_targets_block_for_everyone_and_keeps_the_rest(api_cli
         response = api_client.post(f"{URL}{key.id}/unblock/")
 
     assert response.status_code == 200, response.content
-    assert columns_written(captured) == {"blocked_until", "updated_at"}
+    assert columns_written(captured) == {"blocked_until", "tat", "release_tat", "updated_at"}
     assert response.json()["blocked_until"] is None
     assert response.json()["use"]["blocked"] is False
     stored = RateKey.objects.get(id=key.id)
@@ -270,6 +272,25 @@ def test_unblock_lifts_the_targets_block_for_everyone_and_keeps_the_rest(api_cli
     assert (stored.pushbacks_total, stored.learned_interval_seconds) == (2, 0.5)
     # Unblocking a key that is not blocked is nothing to do.
     assert api_client.post(f"{URL}{key.id}/unblock/").status_code == 200
+
+
+def test_after_unblock_the_throttle_gives_the_next_request_a_permit_at_once(api_client):
+    key = "http://unblock.example.com:80"
+    first = permit_take(key=key)
+    pushback_record(key=key, pushback=Pushback(429, 120.0, "120"), sent_at=first.at)
+    held = permit_take(key=key, reserve_within=0)
+    assert not held.reserved and held.release_in > 100  # parked until the block ends
+    key_id = RateKey.objects.get(name=key).id
+    assert api_client.get(f"{URL}{key_id}/").json()["use"]["blocked"] is True
+
+    response = api_client.post(f"{URL}{key_id}/unblock/")
+
+    assert response.status_code == 200
+    assert response.json()["use"]["next_request_in_seconds"] == 0
+    permit = permit_take(key=key, reserve_within=0)
+    assert permit.reserved and permit.wait == 0
+    stored = RateKey.objects.get(id=key_id)
+    assert stored.pushbacks_total == 1 and stored.recent_pushbacks[0]["retry_after"] == "120"
 
 
 def test_delete_forgets_the_key(api_client, keys):
