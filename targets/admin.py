@@ -25,6 +25,8 @@ STATE_FIELDS = [
     "throttled_waits_total",
     "wait_seconds_total",
     "recent_pushbacks_display",
+    "last_pushback_at",
+    "consecutive_pushbacks",
 ]
 BLOCKED_COLOUR = "#dc3545"
 

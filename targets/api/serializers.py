@@ -61,6 +61,8 @@ class RateKeyConfigSerializer(serializers.Serializer):
                 "throttled_waits_total",
                 "wait_seconds_total",
                 "recent_pushbacks",
+                "last_pushback_at",
+                "consecutive_pushbacks",
                 "use",
             )
         },
@@ -126,7 +128,8 @@ class RateKeySerializer(serializers.ModelSerializer):
     """Configuration, state (written by the throttle only) and the use derived from it."""
 
     recent_pushbacks = serializers.SerializerMethodField(
-        help_text="The latest 429s (and 503s with Retry-After) received, newest last."
+        help_text="The latest 429s (and 503s with Retry-After) received, newest last: when, "
+        "the status, the Retry-After header as sent and the seconds the key was blocked for."
     )
     use = serializers.SerializerMethodField()
 
@@ -146,6 +149,8 @@ class RateKeySerializer(serializers.ModelSerializer):
             "throttled_waits_total",
             "wait_seconds_total",
             "recent_pushbacks",
+            "last_pushback_at",
+            "consecutive_pushbacks",
             "use",
             "created_at",
             "updated_at",

@@ -61,7 +61,16 @@ KEY_EXAMPLE = OpenApiExample(
         "pushbacks_total": 3,
         "throttled_waits_total": 41,
         "wait_seconds_total": 37.5,
-        "recent_pushbacks": [{"at": "2026-12-02T03:00:00Z", "status": 429, "retry_after": 30}],
+        "recent_pushbacks": [
+            {
+                "at": "2026-12-02T03:00:00+00:00",
+                "status": 429,
+                "retry_after": "30",
+                "blocked_seconds": 30.0,
+            }
+        ],
+        "last_pushback_at": "2026-12-02T03:00:00Z",
+        "consecutive_pushbacks": 1,
         "use": {
             "emission_interval_seconds": 0.1,
             "requests_per_second": 10.0,

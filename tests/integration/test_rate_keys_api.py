@@ -293,6 +293,34 @@ def test_after_unblock_the_throttle_gives_the_next_request_a_permit_at_once(api_
     assert stored.pushbacks_total == 1 and stored.recent_pushbacks[0]["retry_after"] == "120"
 
 
+@pytest.mark.parametrize(
+    ("config", "taken", "expected_wait"),
+    [
+        ({"requests": 1, "interval_seconds": 1, "burst": 3}, 5, 3.0),
+        ({"requests": 1, "interval_seconds": 1, "burst": 3}, 2, 0.0),
+        ({"requests": 1, "interval_seconds": 2, "burst": 1}, 2, 4.0),
+        ({"learned_interval_seconds": 1.0, "burst": 2}, 3, 2.0),
+    ],
+    ids=["burst-spent", "burst-left", "no-burst", "learned-limit"],
+)
+def test_the_use_shown_agrees_with_the_throttles_next_permit(
+    viewer_client, transactional_db, config, taken, expected_wait
+):
+    """The selector reads GCRA's state the way targets.throttle decides on it."""
+    key = RateKey.objects.create(name="http://agree.example.com:80", **config)
+    for _ in range(taken):
+        permit_take(key=key.name)
+
+    shown = viewer_client.get(f"{URL}{key.id}/").json()["use"]
+    permit = permit_take(key=key.name)
+
+    # Seconds apart, so that the time the permits and the read take does not decide; the
+    # wait only shrinks while they run.
+    assert expected_wait - 0.6 <= shown["next_request_in_seconds"] <= expected_wait
+    assert permit.wait == pytest.approx(shown["next_request_in_seconds"], abs=0.2)
+    assert shown["emission_interval_seconds"] == pytest.approx(permit.interval, abs=0.01)
+
+
 def test_delete_forgets_the_key(api_client, keys):
     key = keys["idle"]
 
