@@ -3,6 +3,7 @@ use derived on the database's clock, unblock, roles and field errors; against Po
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -198,12 +199,22 @@ def test_bad_configuration_is_a_400_naming_the_field_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("", "blank"), ("   ", "blank"), ("x" * 301, "300"), ("a\x00b", "null"), (None, "null")],
-    ids=["empty", "whitespace", "too-long", "nul", "null"],
+    [
+        ("", "blank"),
+        ("   ", "blank"),
+        ("x" * 301, "300"),
+        ("a\x00b", "null"),
+        ("a\ud800b", "surrogate"),
+        (None, "null"),
+    ],
+    ids=["empty", "whitespace", "too-long", "nul", "unpaired-surrogate", "null"],
 )
 def test_a_bad_name_is_a_400_naming_it(api_client, transactional_db, name, message):
-    error = assert_error(api_client.post(URL, {"name": name}, format="json"), 400, "invalid")
+    # Escaped JSON, as a client sends an unpaired surrogate.
+    body = json.dumps({"name": name})
+    response = api_client.post(URL, body, content_type="application/json")
 
+    error = assert_error(response, 400, "invalid")
     assert list(error["fields"]) == ["name"]
     assert message in error["fields"]["name"][0].lower() or message == "300"
     assert not RateKey.objects.exists()
