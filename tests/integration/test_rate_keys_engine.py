@@ -231,13 +231,16 @@ class _PushingBack(BaseHTTPRequestHandler):
         query = {key: values[0] for key, values in parse_qs(urlparse(self.path).query).items()}
         with self.lock:
             seen = sum(1 for hit in self.hits if hit["tag"] == query["tag"])
-            self.hits.append({"tag": query["tag"], "at": time.monotonic()})
+            self.hits.append({**query, "at": time.monotonic()})
         refused = seen < int(query.get("refuse", 0))
+        body = json.dumps({"hit": seen + 1}).encode()
         self.send_response(429 if refused else 200)
         if refused and "retry_after" in query:
             self.send_header("Retry-After", query["retry_after"])
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
 
 class PushbackTarget:
@@ -321,7 +324,7 @@ def test_a_step_that_expects_429_gets_it_as_its_result_and_blocks_nobody(pushbac
 
 
 @pytest.mark.integration
-@pytest.mark.usefixtures("live_db", "throttled_worker")
+@pytest.mark.usefixtures("live_db", "throttled_worker", "beat")
 def test_past_the_throttle_budget_the_step_ends_error_saying_why(pushback_target):
     # Each 429 asks for 5 s: longer than a step may sleep, so the run parks each time, and
     # its budget (12 s) is kept across the parks: the third block would pass it.
@@ -348,7 +351,7 @@ def test_a_parked_run_gives_its_worker_back_and_resumes_at_the_step_it_stopped_o
         _call(pushback_target, "refused", "p-refused", "k-park", refuse="1", retry_after="4"),
         _call(pushback_target, "after", "p-after", "k-after"),
     ]
-    steps[0]["capture"] = {"seen": "$"}  # a capture (null: the body is empty) kept across
+    steps[0]["capture"] = {"seen": "$.hit"}  # kept across the park
     steps[2]["with"]["query"]["seen"] = "{{ seen }}"
     run = run_start(scenario=make_scenario(steps))
 
@@ -359,7 +362,7 @@ def test_a_parked_run_gives_its_worker_back_and_resumes_at_the_step_it_stopped_o
     wait_for(parked, timeout=20, message="the run to park")
     assert run.resume == {
         "position": 1,
-        "captures": {"seen": None},
+        "captures": {"seen": 1},
         "waits": run.resume["waits"],
     }
     # The only worker is free meanwhile: another run on another key executes at once.
@@ -371,7 +374,7 @@ def test_a_parked_run_gives_its_worker_back_and_resumes_at_the_step_it_stopped_o
     assert len(pushback_target.times("p-before")) == 1  # not executed again
     first, second = pushback_target.times("p-refused")
     assert second - first >= 3.95
-    assert len(pushback_target.times("p-after")) == 1
+    assert [hit["seen"] for hit in pushback_target.hits if hit["tag"] == "p-after"] == ["1"]
     assert recorded_steps(run) == {1: [0, 1, 2]}
     waits = _tries(run, 1)[0]["throttled"]
     assert [wait["reason"] for wait in waits][:2] == ["pushback 429", "blocked, parked"]
