@@ -28,6 +28,7 @@ API_RESOURCES = {
     "health": "health",
     "schema": "schema",
     "docs": "docs",
+    "redoc": "redoc",
 }
 
 

@@ -211,6 +211,7 @@ def test_api_root_lists_every_resource_for_users_only(viewer_client):
         "health",
         "schema",
         "docs",
+        "redoc",
     }
     assert APIClient().get("/api/").status_code == 401
 
