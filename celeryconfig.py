@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from orchestra.env import env_float, env_int, env_str
+from orchestra.env import env_float, env_int, env_str, load_env_file
+
+load_env_file()
 
 broker_url = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 broker_connection_retry_on_startup = True

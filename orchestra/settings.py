@@ -1,4 +1,4 @@
-"""Django settings, read from the environment (see README, "Configuration")."""
+"""Django settings, read from the environment and the .env file (see README, "Configuration")."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from orchestra.env import (
     env_int,
     env_list,
     env_str,
+    load_env_file,
 )
+
+load_env_file()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
