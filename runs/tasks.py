@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from celery import shared_task
 from celery.exceptions import Reject
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 import celeryconfig
@@ -46,7 +46,16 @@ def execute_run(self, run_id: int) -> str:
     )
     try:
         return run_execute(run_id=run_id, worker=worker_identity(), delivery=delivery).value
-    except (RunNotFound, DeliveryLimitReached) as exc:
+    except RunNotFound as exc:
+        logger.warning(
+            "run %s is not in this worker's database %r: another orchestra deployment may be "
+            "publishing to the same queue; give each deployment a RabbitMQ vhost of its own "
+            "(CELERY_BROKER_URL)",
+            run_id,
+            connection.settings_dict["NAME"],
+        )
+        _dead_letter(self, run_id, str(exc))
+    except DeliveryLimitReached as exc:
         _dead_letter(self, run_id, str(exc))
 
 

@@ -225,6 +225,8 @@ def test_health_needs_no_credentials_and_reports_database_broker_and_workers(wor
         "database": "ok",
         "broker": "ok",
         "workers": len(workers),
+        "foreign_run_messages": 0,
+        "warnings": [],
     }
 
 
