@@ -575,7 +575,7 @@ class _RunExecution:
         try:
             plugin = get_plugin(listen["plugin"])
             stored = listen.get("with", {})
-            params, sent = self.secrets.render(stored, self.scope)
+            params, sent = self.secrets.render(stored, self.scope, at="listen.with")
             problems = _block_problems(plugin, "listen.with", params, stored)
             if problems:
                 raise PluginError("; ".join(problems))
@@ -596,8 +596,8 @@ class _RunExecution:
         try:
             plugin = get_plugin(step["plugin"])
             stored_params, stored_expect = step.get("with", {}), step.get("expect", {})
-            params, sent = self.secrets.render(stored_params, self.scope)
-            expect, _ = self.secrets.render(stored_expect, self.scope)
+            params, sent = self.secrets.render(stored_params, self.scope, at="with")
+            expect, _ = self.secrets.render(stored_expect, self.scope, at="expect")
             problems = _block_problems(plugin, "with", params, stored_params)
             problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
@@ -607,7 +607,10 @@ class _RunExecution:
             record.request, record.response = result.request, result.response
             assertions = plugin.check(expect, result)
             assertions += self._capture(plugin, step.get("capture", {}), result, record)
-        except (TemplateError, UnknownPlugin) as exc:
+        except TemplateError as exc:
+            record.status, record.error = StepStatus.ERROR, f"step {step['name']!r}: {exc}"
+            return False
+        except UnknownPlugin as exc:
             record.status, record.error = StepStatus.ERROR, str(exc)
             return False
         except PluginError as exc:
