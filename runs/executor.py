@@ -615,6 +615,7 @@ class _RunExecution:
             return False
         except PluginError as exc:
             record.status, record.error = StepStatus.ERROR, str(exc)
+            record.request = exc.request
             return exc.retryable
         except SoftTimeLimitExceeded:
             raise
