@@ -126,3 +126,10 @@ beat_schedule = {
         "options": {"expires": _sweep_interval * 2},
     },
 }
+# Retention (ORCHESTRA_RETENTION_DAYS): an hourly purge in small batches; no entry when it is 0.
+if env_int("ORCHESTRA_RETENTION_DAYS", 0) > 0:
+    beat_schedule["purge-runs"] = {
+        "task": "queue_catalog.purge_runs",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    }

@@ -220,6 +220,9 @@ ORCHESTRA_MAX_STORED_BODY_CHARS = env_int("ORCHESTRA_MAX_STORED_BODY_CHARS", 409
 ORCHESTRA_FINALLY_GRACE_SECONDS = env_float("ORCHESTRA_FINALLY_GRACE_SECONDS", 30.0)
 # A response body longer than this ends its step ERROR; a worker never holds more of one.
 ORCHESTRA_MAX_RESPONSE_BYTES = env_int("ORCHESTRA_MAX_RESPONSE_BYTES", 8 * 1024 * 1024)
+# Retention: beat deletes finished runs and queue records older than this many days once an hour
+# (queue_catalog.retention, also `manage.py purge_runs`); 0 keeps everything.
+ORCHESTRA_RETENTION_DAYS = env_int("ORCHESTRA_RETENTION_DAYS", 0)
 # Timeout of a step that names none (seconds).
 ORCHESTRA_DEFAULT_STEP_TIMEOUT = env_float("ORCHESTRA_DEFAULT_STEP_TIMEOUT", 30.0)
 # Upper bound for steps in one scenario.

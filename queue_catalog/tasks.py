@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from datetime import timedelta
 
+from celery import shared_task
+from django.conf import settings
+
+from queue_catalog.retention import runs_purge
 from queue_catalog.services import queue_sweep
 
 
@@ -11,3 +15,13 @@ from queue_catalog.services import queue_sweep
 def sweep_queue() -> dict[str, int]:
     """Start due re-runs and repair lost hand-offs (driven by Celery beat)."""
     return queue_sweep()
+
+
+@shared_task(name="queue_catalog.purge_runs", ignore_result=True)
+def purge_runs() -> dict[str, int]:
+    """Delete runs and records older than ``ORCHESTRA_RETENTION_DAYS`` (beat; off when 0)."""
+    days = settings.ORCHESTRA_RETENTION_DAYS
+    if days <= 0:
+        return {}
+    counts = runs_purge(older_than=timedelta(days=days))
+    return {"records": counts.records, "runs": counts.runs, "steps": counts.steps}
