@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.functions import Coalesce
 
-from queue_catalog.models import QueueRun, QueueRecord
+from queue_catalog.models import QueueRecord, QueueRun
 from queue_catalog.states import TERMINAL_STATUSES as RECORD_TERMINAL
 from runs.models import StepResult, TestRun
 from runs.states import TERMINAL_STATUSES as RUN_TERMINAL

@@ -3,6 +3,7 @@ keeps what queue records still reference, and beat runs it when ORCHESTRA_RETENT
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -147,11 +148,15 @@ def test_the_beat_task_purges_only_when_retention_is_set(history):
 
 @pytest.mark.parametrize(("days", "scheduled"), [("0", False), ("30", True)])
 def test_beat_schedules_the_purge_when_retention_days_is_set(days, scheduled):
+    code = "import celeryconfig; print('purge-runs' in celeryconfig.beat_schedule)"
     result = subprocess.run(
-        [sys.executable, "-c", "import celeryconfig; print('purge-runs' in celeryconfig.beat_schedule)"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "ORCHESTRA_RETENTION_DAYS": days},
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ORCHESTRA_RETENTION_DAYS": days},
+    )
     assert result.stdout.strip() == str(scheduled), result.stderr
 
 
