@@ -11,13 +11,13 @@ from queue_catalog.retention import runs_purge
 from queue_catalog.services import queue_sweep
 
 
-@shared_task(name="queue_catalog.sweep_queue", ignore_result=True)
+@shared_task(name="queue_catalog.sweep_queue", ignore_result=True, send_events=False)
 def sweep_queue() -> dict[str, int]:
     """Start due re-runs and repair lost hand-offs (driven by Celery beat)."""
     return queue_sweep()
 
 
-@shared_task(name="queue_catalog.purge_runs", ignore_result=True)
+@shared_task(name="queue_catalog.purge_runs", ignore_result=True, send_events=False)
 def purge_runs() -> dict[str, int]:
     """Delete runs and records older than ``ORCHESTRA_RETENTION_DAYS`` (beat; off when 0)."""
     days = settings.ORCHESTRA_RETENTION_DAYS

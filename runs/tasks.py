@@ -18,6 +18,9 @@ from runs.services import runs_sweep
 
 logger = logging.getLogger(__name__)
 
+# Housekeeping tasks (the sweeps, dead-letter collection) send no task events (send_events=False):
+# a worker started with -E, or told to by Flower, reports only runs, so Flower lists runs.
+
 # Infrastructure hiccups worth another delivery; everything else is a bug or bad input.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerOperationalError)
 
@@ -68,13 +71,13 @@ def _dead_letter(task, run_id: int | None, reason: str) -> NoReturn:
     raise Reject(reason, requeue=False)
 
 
-@shared_task(name="runs.collect_dead_letters", ignore_result=True)
+@shared_task(name="runs.collect_dead_letters", ignore_result=True, send_events=False)
 def collect_dead_letters() -> int:
     """Drain the dead-letter queue into the database (driven by Celery beat)."""
     return dead_letters_collect()
 
 
-@shared_task(name="runs.sweep_runs", ignore_result=True)
+@shared_task(name="runs.sweep_runs", ignore_result=True, send_events=False)
 def sweep_runs() -> dict[str, int]:
     """Republish runs whose message was lost (driven by Celery beat)."""
     return runs_sweep()
