@@ -332,12 +332,13 @@ orchestra demo is running; stop it with 'make stop'. Logs: .run/*.log
 
   Admin    $web/admin/          user $ADMIN_USER, password $password
   API      $web/api/            header  Authorization: Token $token
-           $web/api/docs/       Swagger UI (the schema is at /api/schema/)
+           $web/api/docs/       Swagger UI, $web/api/redoc/ ReDoc (the schema is at /api/schema/)
            curl -H 'Authorization: Token $token' $web/api/runs/
   Flower   http://127.0.0.1:$FLOWER_PORT/          user $ADMIN_USER, password $password
   Target   http://127.0.0.1:$TARGET_PORT/          the sample system under test (examples/target.py)
 
-  The credentials are also in .run/credentials (readable only by you).
+  The credentials are also in .run/credentials (readable only by you). The settings are in
+  $ENV_FILE: manage.py and celery read them in any shell. RabbitMQ vhost: $DEMO_VHOST.
 EOF
   if [[ $run_ok != true ]]; then
     printf '\nerror: the sample run did not pass; last lines of .run/worker.log:\n' >&2
