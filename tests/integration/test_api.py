@@ -421,7 +421,7 @@ _BAD_METHOD = {
         ("post", "/api/runs/", {"scenario": "{scenario}", "payload": {"a": "x\u0000"}}, "payload"),
         ("post", "/api/runs/", '{"scenario": "{scenario}", "payload": {"a": "\\ud800"}}',
          "payload"),
-        ("post", "/api/queue/", {"scenario": "{scenario}"}, "payload"),
+        ("post", "/api/queue/", {"scenario": "{scenario}", "payload": [1]}, "payload"),
         ("post", "/api/queue/", {"scenario": "{scenario}", "payload": {}, "max_attempts": 0},
          "max_attempts"),
         ("get", "/api/runs/?queued_after=0001-01-01T00:00:00%2B05:00", None, "queued_after"),
