@@ -63,7 +63,13 @@ ENTRY_POINTS = {
     "celery worker": [str(BIN / "celery"), "-A", "orchestra", "worker", "-c", "1"],
     "celery beat": [str(BIN / "celery"), "-A", "orchestra", "beat"],
     "wsgi": [sys.executable, "-c", "import orchestra.wsgi"],
-    "gunicorn": [str(BIN / "gunicorn"), "orchestra.wsgi:application", "--bind", "127.0.0.1:0"],
+    "gunicorn": [
+        str(BIN / "gunicorn"),
+        "orchestra.wsgi:application",
+        "--bind",
+        "127.0.0.1:0",
+        "--no-control-socket",
+    ],
 }
 
 
