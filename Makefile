@@ -49,7 +49,9 @@ $(BENCH_BIN)/.installed: requirements.txt bench/requirements.txt pyproject.toml
 	$(BENCH_BIN)/pip install -q --no-deps -e .
 	touch $@
 
-# Every benchmark, with its plot in bench/plots/ (figures: bench/README.md).
+# Every benchmark, with its plot in bench/plots/ (figures: bench/README.md). A developer's .env
+# (the demo's: DEBUG, quick sweeps) must not change the figures.
+bench: export ORCHESTRA_ENV_FILE := /dev/null
 bench: $(BENCH_BIN)/.installed services
 	mkdir -p bench/plots
 	$(BENCH_BIN)/python bench/throughput.py --plot bench/plots/throughput.png

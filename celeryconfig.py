@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from orchestra.env import env_float, env_int, env_str
+from orchestra.env import env_float, env_int, env_str, load_env_file
+
+load_env_file()
 
 broker_url = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 broker_connection_retry_on_startup = True
@@ -124,3 +126,10 @@ beat_schedule = {
         "options": {"expires": _sweep_interval * 2},
     },
 }
+# Retention (ORCHESTRA_RETENTION_DAYS): an hourly purge in small batches; no entry when it is 0.
+if env_int("ORCHESTRA_RETENTION_DAYS", 0) > 0:
+    beat_schedule["purge-runs"] = {
+        "task": "queue_catalog.purge_runs",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    }

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 
 from celery import Celery, bootsteps, signals
+from celery.loaders.app import AppLoader
 from celery.worker.consumer import Consumer
+
+from orchestra.env import exit_on_configuration_error
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestra.settings")
 
@@ -27,7 +30,27 @@ class DeadLetteringConsumer(Consumer):
         message.reject(requeue=False)
 
 
-app = Celery("orchestra")
+class ConfiguredLoader(AppLoader):
+    """Celery's loader, stopping on a missing or bad setting with one line on stderr.
+
+    ``celeryconfig.py`` is read when the configuration is first used (by the command line's
+    option defaults in a worker), ``orchestra/settings.py`` when a worker or beat starts
+    (``init_worker``, before Celery's Django fixup would print its traceback).
+    """
+
+    def config_from_object(self, obj, silent: bool = False):  # noqa: D102 - Celery hook
+        with exit_on_configuration_error():
+            return super().config_from_object(obj, silent=silent)
+
+    def init_worker(self) -> None:  # noqa: D102 - Celery hook
+        from django.conf import settings
+
+        with exit_on_configuration_error():
+            settings.INSTALLED_APPS  # noqa: B018 - reads orchestra/settings.py
+        super().init_worker()
+
+
+app = Celery("orchestra", loader="orchestra.celery:ConfiguredLoader")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["runs", "queue_catalog"])
 

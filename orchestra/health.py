@@ -1,4 +1,5 @@
-"""Reachability of the database, the broker, and how many workers answer.
+"""Reachability of the database, the broker, how many workers answer, and messages that name
+runs this database does not have (two deployments sharing one queue).
 
 The check opens a broker connection and pings the workers, so it runs at most once per
 ``ORCHESTRA_HEALTH_CACHE_SECONDS`` window for all web processes together (the first caller of
@@ -12,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
+from django.utils import timezone
 
 from orchestra.windows import STORE_ERRORS, count_in_window
 
@@ -24,7 +27,16 @@ logger = logging.getLogger(__name__)
 CACHE_KEY = "orchestra:health"
 # How long a caller waits for the answer of the check another process is running.
 _WAIT_FOR_PROBE_SECONDS = 3.0
-_UNKNOWN = {"status": "degraded", "database": "unknown", "broker": "unknown", "workers": 0}
+# Dead letters naming unknown runs are counted over this many seconds.
+FOREIGN_RUNS_WINDOW_SECONDS = 3600
+_UNKNOWN = {
+    "status": "degraded",
+    "database": "unknown",
+    "broker": "unknown",
+    "workers": 0,
+    "foreign_run_messages": 0,
+    "warnings": [],
+}
 
 _local_lock = threading.Lock()
 _local: dict = {}
@@ -56,16 +68,37 @@ def _broker_status(ping_timeout: float) -> tuple[str, int]:
     return "ok", len(replies or [])
 
 
+def _foreign_run_messages() -> int:
+    from runs.selectors import foreign_run_dead_letter_count
+
+    since = timezone.now() - timedelta(seconds=FOREIGN_RUNS_WINDOW_SECONDS)
+    try:
+        return foreign_run_dead_letter_count(since=since)
+    except Exception:
+        logger.warning("health: cannot count dead letters", exc_info=True)
+        return 0
+
+
 def health_check(*, ping_timeout: float = 0.5) -> dict:
-    """``{"status", "database", "broker", "workers"}``, checked now; never raises."""
+    """``{"status", "database", "broker", "workers", "foreign_run_messages", "warnings"}``,
+    checked now; never raises. Warnings do not make the status degraded: the service works."""
     database = _database_status()
     broker, workers = _broker_status(ping_timeout)
     healthy = database == "ok" and broker == "ok"
+    foreign = _foreign_run_messages() if database == "ok" else 0
+    warnings = []
+    if foreign:
+        warnings.append(
+            f"{foreign} message(s) in the last hour named runs this database does not have: "
+            "another orchestra deployment may share this RabbitMQ vhost (CELERY_BROKER_URL)"
+        )
     return {
         "status": "ok" if healthy else "degraded",
         "database": database,
         "broker": broker,
         "workers": workers,
+        "foreign_run_messages": foreign,
+        "warnings": warnings,
     }
 
 
@@ -107,8 +140,10 @@ def _shared_health(max_age: int) -> dict:
 
 
 def _local_health(max_age: int) -> dict:
-    window = _window(max_age)
     with _local_lock:
+        # The window is read under the lock: one read before it could be older than the one a
+        # check that held the lock meanwhile stored, and would check again.
+        window = _window(max_age)
         if _local.get("window") != window:
             _local.update(window=window, result=health_check())
         return _local["result"]

@@ -1,4 +1,4 @@
-"""Django settings, read from the environment (see README, "Configuration")."""
+"""Django settings, read from the environment and the .env file (see README, "Configuration")."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from orchestra.env import (
     env_int,
     env_list,
     env_str,
+    load_env_file,
 )
+
+load_env_file()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -35,6 +38,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "orchestra",
     "plugins",
     "targets",
@@ -148,6 +152,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Run API and integration test scenarios asynchronously; the scenario queue.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from our own static files (drf-spectacular-sidecar): the docs work
+    # without internet access and load no unpinned code from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -211,6 +220,9 @@ ORCHESTRA_MAX_STORED_BODY_CHARS = env_int("ORCHESTRA_MAX_STORED_BODY_CHARS", 409
 ORCHESTRA_FINALLY_GRACE_SECONDS = env_float("ORCHESTRA_FINALLY_GRACE_SECONDS", 30.0)
 # A response body longer than this ends its step ERROR; a worker never holds more of one.
 ORCHESTRA_MAX_RESPONSE_BYTES = env_int("ORCHESTRA_MAX_RESPONSE_BYTES", 8 * 1024 * 1024)
+# Retention: beat deletes finished runs and queue records older than this many days once an hour
+# (queue_catalog.retention, also `manage.py purge_runs`); 0 keeps everything.
+ORCHESTRA_RETENTION_DAYS = env_int("ORCHESTRA_RETENTION_DAYS", 0)
 # Timeout of a step that names none (seconds).
 ORCHESTRA_DEFAULT_STEP_TIMEOUT = env_float("ORCHESTRA_DEFAULT_STEP_TIMEOUT", 30.0)
 # Upper bound for steps in one scenario.

@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
-from orchestra.api.views import ApiRootView, HealthView, MetricsView
+from orchestra.api.views import ApiRootView, HealthView, MetricsView, RedocView, SwaggerView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -10,7 +10,8 @@ urlpatterns = [
     path("api/health/", HealthView.as_view(), name="health"),
     path("metrics", MetricsView.as_view(), name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("runs.api.urls")),
     path("api/", include("queue_catalog.api.urls")),
     path("api/", include("targets.api.urls")),

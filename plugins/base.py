@@ -9,7 +9,7 @@ renders the templates in that block, validates it against the plugin's ``params_
   ``response`` summaries that are stored (after redaction) with the step; or
 - raises :class:`PluginError` when the step cannot execute at all. ``retryable=True`` says that
   trying again may help (connection refused, timeout); ``retryable=False`` that it never will
-  (bad parameters, unsupported feature).
+  (bad parameters, unsupported feature). Its ``request`` keeps the attempted request.
 
 Expectations are checked by ``check(expect, result)``, which returns one :class:`Assertion` per
 expectation; any failed assertion makes the step ``FAILED``. A plugin never touches the database
@@ -46,11 +46,18 @@ if TYPE_CHECKING:
 
 
 class PluginError(Exception):
-    """A step could not be executed; ``retryable`` says whether another try may succeed."""
+    """A step could not be executed; ``retryable`` says whether another try may succeed.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    ``request`` is the summary of what the plugin tried to send (a connection refused, a
+    timeout), stored with the step like a result's ``request``; ``{}`` when nothing was tried.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, request: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.request = request or {}
 
 
 @dataclass(frozen=True)

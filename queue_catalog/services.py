@@ -103,7 +103,7 @@ def _dispatch_locked(scenario_id: int) -> int | None:
     if started is None:
         return None
     run_id, priority = started
-    run = TestRun(id=run_id, priority=priority)
+    run = TestRun(id=run_id, priority=priority, scenario_id=scenario_id)
     transaction.on_commit(lambda: runs_publish([run]))
     return run_id
 

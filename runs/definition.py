@@ -22,7 +22,7 @@ import celeryconfig
 from plugins.jsonpaths import JsonPathError, compile_path
 from plugins.registry import UnknownPlugin, get_plugin
 from runs.policies import DEFAULT_RETRY_INTERVAL, MAX_RETRY_DELAY, step_retry_delay
-from runs.templating import TemplateError, is_templated, referenced_names
+from runs.templating import TemplateError, is_templated, referenced_names, suggestion
 
 # Names every template may read besides variables and captures.
 CONTEXT_NAMES = frozenset({"payload", "queueRecordId", "queueStartCount", "run", "credentials"})
@@ -332,7 +332,9 @@ def _template_problems(
     except TemplateError as exc:
         return [DefinitionProblem(path, f"template error {exc}", step)]
     if unknown:
-        return [DefinitionProblem(path, f"unknown name(s) {sorted(unknown)} in a template", step)]
+        hint = "".join(suggestion(name, sorted(known)) for name in sorted(unknown)[:1])
+        message = f"unknown name(s) {sorted(unknown)} in a template{hint}"
+        return [DefinitionProblem(path, message, step)]
     return []
 
 

@@ -765,7 +765,7 @@ class _RunExecution:
         try:
             plugin = get_plugin(listen["plugin"])
             stored = listen.get("with", {})
-            params, sent = self.secrets.render(stored, self.scope)
+            params, sent = self.secrets.render(stored, self.scope, at="listen.with")
             problems = _block_problems(plugin, "listen.with", params, stored)
             if problems:
                 raise PluginError("; ".join(problems))
@@ -798,8 +798,8 @@ class _RunExecution:
         try:
             plugin = get_plugin(step["plugin"])
             stored_params, stored_expect = step.get("with", {}), step.get("expect", {})
-            params, sent = self.secrets.render(stored_params, self.scope)
-            expect, _ = self.secrets.render(stored_expect, self.scope)
+            params, sent = self.secrets.render(stored_params, self.scope, at="with")
+            expect, _ = self.secrets.render(stored_expect, self.scope, at="expect")
             problems = _block_problems(plugin, "with", params, stored_params)
             problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
@@ -829,13 +829,17 @@ class _RunExecution:
             record.request, record.response = result.request, result.response
             assertions = plugin.check(expect, result)
             assertions += self._capture(plugin, step.get("capture", {}), result, record)
-        except (TemplateError, UnknownPlugin, _Throttled) as exc:
+        except TemplateError as exc:
+            record.status, record.error = StepStatus.ERROR, f"step {step['name']!r}: {exc}"
+            return False
+        except (UnknownPlugin, _Throttled) as exc:
             record.status, record.error = StepStatus.ERROR, str(exc)
             return False
         except (_Park, SoftTimeLimitExceeded, DatabaseError):
             raise  # the throttle's statements: not the plugin's fault
         except PluginError as exc:
             record.status, record.error = StepStatus.ERROR, str(exc)
+            record.request = exc.request
             return exc.retryable
         except Exception as exc:  # a plugin bug must not take the worker down with it
             logger.exception("plugin %s crashed in run %s", step["plugin"], self.run_id)

@@ -28,6 +28,16 @@ def printable(document: str) -> str:
     return _UNPRINTABLE.sub(_escape, document)
 
 
+_UNSAFE_IN_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def report_filename(run: TestRun, extension: str) -> str:
+    """``run-42-<scenario>.<extension>``: the scenario's name cut to letters, digits, ``.``,
+    ``_`` and ``-``, so the name is safe in a header, on any file system and in a shell."""
+    scenario = _UNSAFE_IN_FILENAME.sub("-", run.scenario.name).strip(".-")[:80] or "scenario"
+    return f"run-{run.id}-{scenario}.{extension}"
+
+
 def _seconds(step: StepResult) -> str:
     return f"{(step.duration_ms or 0) / 1000:.3f}"
 

@@ -51,13 +51,16 @@ class RunSecrets:
             value: frozenset({name}) for name, value in self.credentials.items() if value
         }
 
-    def render(self, value: Any, scope: dict[str, Any]) -> tuple[Any, frozenset[str]]:
+    def render(
+        self, value: Any, scope: dict[str, Any], *, at: str | None = None
+    ) -> tuple[Any, frozenset[str]]:
         """``value`` rendered in ``scope``, and the names of the credentials it carries.
 
         Everything a template reading a tainted name makes becomes a secret of the run, also
-        when rendering fails (the TemplateError is raised after that).
+        when rendering fails (the TemplateError is raised after that); the error names where,
+        below ``at`` (``with.url``).
         """
-        rendered, _, carried = self._render(value, scope)
+        rendered, _, carried = self._render(value, scope, at=at)
         return rendered, carried
 
     def variable(self, name: str, value: Any, scope: dict[str, Any]) -> Any:
@@ -81,7 +84,9 @@ class RunSecrets:
             elif name not in self._declared and name != CREDENTIALS:
                 self._carries.pop(name, None)
 
-    def _render(self, value: Any, scope: dict[str, Any]) -> tuple[Any, bool, frozenset[str]]:
+    def _render(
+        self, value: Any, scope: dict[str, Any], *, at: str | None = None
+    ) -> tuple[Any, bool, frozenset[str]]:
         names = referenced_names(value)
         tainted = names & self._carries.keys()
         carried = frozenset().union(*(self._carries[n] for n in tainted if n != CREDENTIALS))
@@ -89,7 +94,7 @@ class RunSecrets:
             carried |= credential_names(value, self.credentials)
         made: set[str] = set()
         try:
-            rendered = render(value, scope, secret_names=self._carries.keys(), secrets=made)
+            rendered = render(value, scope, secret_names=self._carries.keys(), secrets=made, at=at)
         finally:
             self._learn(made, carried)
         return rendered, bool(tainted), carried

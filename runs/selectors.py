@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from datetime import datetime
 
-from runs.models import StepResult, TestRun
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+
+from runs.models import DeadLetter, StepResult, TestRun
 
 
 def run_with_steps(*, run_id: int) -> TestRun:
@@ -27,3 +29,17 @@ def latest_attempt_steps(run: TestRun) -> list[StepResult]:
     steps = list(run.steps.all())
     latest = max((step.attempt for step in steps), default=0)
     return [step for step in steps if step.attempt == latest]
+
+
+def foreign_run_dead_letter_count(*, since: datetime) -> int:
+    """Dead letters since ``since`` whose message names a run this database does not have.
+
+    Runs are deleted long after they finish (``purge_runs``), when no message names them any
+    more: such a message was most likely published by another orchestra, with a database of its
+    own, on the same broker queue (two deployments sharing a RabbitMQ vhost).
+    """
+    return (
+        DeadLetter.objects.filter(created_at__gte=since, run_id_hint__isnull=False)
+        .exclude(Exists(TestRun.objects.filter(id=OuterRef("run_id_hint"))))
+        .count()
+    )

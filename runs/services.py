@@ -167,12 +167,16 @@ def runs_publish(runs: list[TestRun]) -> None:
     from celeryconfig import PRIORITIES
     from runs.tasks import execute_run
 
+    names = _scenario_names(runs)
     published = []
     with execute_run.app.producer_or_acquire() as producer:
         for run in runs:
             try:
                 execute_run.apply_async(
-                    args=[run.id], priority=PRIORITIES[run.priority], producer=producer
+                    args=[run.id],
+                    priority=PRIORITIES[run.priority],
+                    producer=producer,
+                    shadow=run_task_label(run.id, names.get(run.scenario_id)),
                 )
             except Exception:
                 logger.exception("could not publish run %s; the sweep will retry", run.id)
@@ -180,6 +184,21 @@ def runs_publish(runs: list[TestRun]) -> None:
             published.append(run.id)
     if published:
         _note_published(published)
+
+
+def run_task_label(run_id: int, scenario_name: str | None) -> str:
+    """What logs and Flower call a run's task (Celery's ``shadow`` name):
+    ``run 42 · create-and-fetch-user``; the task itself stays ``runs.execute_run``."""
+    return f"run {run_id} · {scenario_name}" if scenario_name else f"run {run_id}"
+
+
+def _scenario_names(runs: list[TestRun]) -> dict[int, str]:
+    """Scenario id -> name for ``runs``, in at most one query (none when all are loaded)."""
+    names = {run.scenario_id: run.scenario.name for run in runs if TestRun.scenario.is_cached(run)}
+    missing = {run.scenario_id for run in runs if run.scenario_id not in names} - {None}
+    if missing:
+        names.update(Scenario.objects.filter(id__in=missing).values_list("id", "name"))
+    return names
 
 
 # ``dispatched_at`` is a hint for the sweep, so noting it need not wait for the WAL flush: lost in

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from celery import shared_task
 from celery.exceptions import Reject
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 import celeryconfig
@@ -17,6 +17,9 @@ from runs.leases import Delivery, worker_identity
 from runs.services import runs_sweep
 
 logger = logging.getLogger(__name__)
+
+# Housekeeping tasks (the sweeps, dead-letter collection) send no task events (send_events=False):
+# a worker started with -E, or told to by Flower, reports only runs, so Flower lists runs.
 
 # Infrastructure hiccups worth another delivery; everything else is a bug or bad input.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerOperationalError)
@@ -46,7 +49,16 @@ def execute_run(self, run_id: int) -> str:
     )
     try:
         return run_execute(run_id=run_id, worker=worker_identity(), delivery=delivery).value
-    except (RunNotFound, DeliveryLimitReached) as exc:
+    except RunNotFound as exc:
+        logger.warning(
+            "run %s is not in this worker's database %r: another orchestra deployment may be "
+            "publishing to the same queue; give each deployment a RabbitMQ vhost of its own "
+            "(CELERY_BROKER_URL)",
+            run_id,
+            connection.settings_dict["NAME"],
+        )
+        _dead_letter(self, run_id, str(exc))
+    except DeliveryLimitReached as exc:
         _dead_letter(self, run_id, str(exc))
 
 
@@ -59,13 +71,13 @@ def _dead_letter(task, run_id: int | None, reason: str) -> NoReturn:
     raise Reject(reason, requeue=False)
 
 
-@shared_task(name="runs.collect_dead_letters", ignore_result=True)
+@shared_task(name="runs.collect_dead_letters", ignore_result=True, send_events=False)
 def collect_dead_letters() -> int:
     """Drain the dead-letter queue into the database (driven by Celery beat)."""
     return dead_letters_collect()
 
 
-@shared_task(name="runs.sweep_runs", ignore_result=True)
+@shared_task(name="runs.sweep_runs", ignore_result=True, send_events=False)
 def sweep_runs() -> dict[str, int]:
     """Republish runs whose message was lost (driven by Celery beat)."""
     return runs_sweep()

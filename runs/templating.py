@@ -28,18 +28,20 @@ of them has its output, and every value computed while rendering it, added to ``
 
 from __future__ import annotations
 
+import difflib
 import math
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache, update_wrapper, wraps
+from functools import lru_cache, partial, update_wrapper, wraps
 from typing import Any
 
 from jinja2 import (
     StrictUndefined,
     TemplateSyntaxError,
     Undefined,
+    UndefinedError,
     meta,
     nodes,
     pass_environment,
@@ -50,7 +52,7 @@ from jinja2.compiler import CodeGenerator
 from jinja2.filters import FILTERS, make_attrgetter
 from jinja2.runtime import markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
-from jinja2.utils import generate_lorem_ipsum
+from jinja2.utils import generate_lorem_ipsum, missing
 from markupsafe import EscapeFormatter, Markup
 
 from runs.redaction import texts_of
@@ -76,6 +78,7 @@ __all__ = [
     "is_templated",
     "referenced_names",
     "render",
+    "suggestion",
 ]
 
 #: Longest template text: compiling is not interruptible, and costs about 20 µs a character.
@@ -392,8 +395,40 @@ def _defined(value: Any) -> Any:
     return value
 
 
+class _UndefinedName(UndefinedError):
+    """An undefined name or attribute, with what it was looked up in (``missing``: the
+    template's names), so that the error can suggest the closest defined one."""
+
+    def __init__(self, message: str | None = None, *, name: Any, owner: Any) -> None:
+        super().__init__(message)
+        self.name, self.owner = name, owner
+
+
+class _Undefined(StrictUndefined):
+    """``StrictUndefined`` whose error keeps the missing name and where it was looked up."""
+
+    __slots__ = ()
+
+    def __init__(self, hint=None, obj=missing, name=None, exc=UndefinedError) -> None:
+        super().__init__(hint, obj, name, partial(_UndefinedName, name=name, owner=obj))
+
+
+def suggestion(name: str, candidates: Iterable[Any]) -> str:
+    """`` — did you mean 'x'?`` naming the candidate closest to ``name`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(name, [c for c in candidates if isinstance(c, str)], n=1)
+    return f" — did you mean {close[0]!r}?" if close else ""
+
+
+def _suggestion(exc: Exception, context: Mapping[str, Any]) -> str:
+    if not isinstance(exc, _UndefinedName) or not isinstance(exc.name, str):
+        return ""
+    if exc.owner is missing:
+        return suggestion(exc.name, context)
+    return suggestion(exc.name, exc.owner) if isinstance(exc.owner, Mapping) else ""
+
+
 _environment = _Environment(
-    undefined=StrictUndefined, autoescape=False, finalize=_finalize, optimized=False
+    undefined=_Undefined, autoescape=False, finalize=_finalize, optimized=False
 )
 _environment.filters = {
     name: _bounded_filter(name, function) for name, function in {**FILTERS, "sum": _sum}.items()
@@ -423,7 +458,26 @@ def _time_limit() -> float:
 
 
 class TemplateError(ValueError):
-    """A template is malformed, names something undefined, or tried something forbidden."""
+    """A template is malformed, names something undefined, or tried something forbidden.
+
+    ``path`` locates the failing value inside what was rendered (``("with", "url")``); the
+    message names it, the reason, and quotes the template's text.
+    """
+
+    def __init__(self, reason: str, *, text: str | None = None, path: tuple = ()) -> None:
+        super().__init__(reason)
+        self.reason, self.text, self.path = reason, text, path
+
+    def __str__(self) -> str:
+        if not self.path:
+            return f"{self.text!r}: {self.reason}" if self.text is not None else self.reason
+        where = ".".join(map(str, self.path))
+        quoted = f" (in {self.text!r})" if self.text is not None else ""
+        return f"{where}: {self.reason}{quoted}"
+
+    def within(self, key: str | int) -> TemplateError:
+        """The same error, located one level further out (inside ``key``)."""
+        return TemplateError(self.reason, text=self.text, path=(key, *self.path))
 
 
 def _has_template(text: str) -> bool:
@@ -444,21 +498,28 @@ def render(
     *,
     secret_names: Collection[str] = frozenset(),
     secrets: set[str] | None = None,
+    at: str | None = None,
 ) -> Any:
     """Render every template in ``value`` (strings, lists and dicts, recursively).
 
     A value without templates comes back as the very same object. The whole call shares one
     budget. A template that reads one of ``secret_names`` adds its output and every value
     computed while rendering it to ``secrets``, also when it fails (its error may quote them).
+    An error names where in ``value`` it happened, below ``at`` (``with.url``) when given.
     """
-    if _active.get() is not None:
-        return _render(value, context, frozenset(secret_names), secrets)
-    limit = _time_limit()
-    token = _active.set(_Render(deadline=time.monotonic() + limit, time_limit=limit))
     try:
-        return _render(value, context, frozenset(secret_names), secrets)
-    finally:
-        _active.reset(token)
+        if _active.get() is not None:
+            return _render(value, context, frozenset(secret_names), secrets)
+        limit = _time_limit()
+        token = _active.set(_Render(deadline=time.monotonic() + limit, time_limit=limit))
+        try:
+            return _render(value, context, frozenset(secret_names), secrets)
+        finally:
+            _active.reset(token)
+    except TemplateError as exc:
+        if at is None:
+            raise
+        raise exc.within(at) from None
 
 
 def _render(
@@ -467,14 +528,31 @@ def _render(
     if isinstance(value, str):
         return _render_text(value, context, secret_names, secrets)
     if isinstance(value, list):
-        items = [_render(item, context, secret_names, secrets) for item in value]
+        items = [
+            _render_item(index, item, context, secret_names, secrets)
+            for index, item in enumerate(value)
+        ]
         return value if all(new is old for new, old in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
         rendered = {
-            key: _render(item, context, secret_names, secrets) for key, item in value.items()
+            key: _render_item(key, item, context, secret_names, secrets)
+            for key, item in value.items()
         }
         return value if all(rendered[key] is item for key, item in value.items()) else rendered
     return value
+
+
+def _render_item(
+    key: str | int,
+    value: Any,
+    context: dict[str, Any],
+    secret_names: frozenset[str],
+    secrets: set[str] | None,
+) -> Any:
+    try:
+        return _render(value, context, secret_names, secrets)
+    except TemplateError as exc:
+        raise exc.within(key) from None
 
 
 @lru_cache(maxsize=1024)
@@ -534,7 +612,7 @@ def _render_text(
                 size += len(chunk)
                 if size > MAX_TEMPLATE_OUTPUT:
                     raise TemplateError(
-                        f"{text!r}: renders more than {MAX_TEMPLATE_OUTPUT} characters"
+                        f"renders more than {MAX_TEMPLATE_OUTPUT} characters", text=text
                     )
                 chunks.append(chunk)
             result = "".join(chunks)
@@ -543,7 +621,7 @@ def _render_text(
     except TemplateError:
         raise
     except _RENDER_ERRORS as exc:
-        raise TemplateError(f"{text!r}: {exc}") from None
+        raise TemplateError(f"{exc}{_suggestion(exc, context)}", text=text) from None
     finally:
         state.recording = None
 
@@ -552,8 +630,9 @@ def _json_value(value: Any, text: str) -> Any:
     """``value`` as JSON data, within the bounds; an undefined name hidden inside raises."""
     if isinstance(value, Iterator):
         raise TemplateError(
-            f"{text!r}: gives a {type(value).__name__}, which is not JSON data "
-            "(a filter such as list or string can convert it)"
+            f"gives a {type(value).__name__}, which is not JSON data "
+            "(a filter such as list or string can convert it)",
+            text=text,
         )
     measure(value)
     return _json_copy(value, text)
@@ -571,8 +650,9 @@ def _json_copy(value: Any, text: str) -> Any:
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
         return {key: _json_copy(item, text) for key, item in value.items()}
     raise TemplateError(
-        f"{text!r}: gives a {type(value).__name__}, which is not JSON data "
-        "(a filter such as list or string can convert it)"
+        f"gives a {type(value).__name__}, which is not JSON data "
+        "(a filter such as list or string can convert it)",
+        text=text,
     )
 
 
@@ -582,9 +662,9 @@ def _parsed(text: str) -> nodes.Template:
     try:
         return _environment.parse(text)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"{text!r}: {exc}") from None
+        raise TemplateError(str(exc), text=text) from None
     except RecursionError:
-        raise TemplateError(f"{text!r}: nested too deeply") from None
+        raise TemplateError("nested too deeply", text=text) from None
 
 
 @lru_cache(maxsize=1024)
@@ -592,7 +672,7 @@ def _names(text: str) -> frozenset[str]:
     try:
         return frozenset(meta.find_undeclared_variables(_parsed(text)))
     except TemplateSyntaxError as exc:  # an unknown filter, found while compiling
-        raise TemplateError(f"{text!r}: {exc}") from None
+        raise TemplateError(str(exc), text=text) from None
 
 
 def _template_texts(value: Any) -> Iterator[str]:

@@ -27,8 +27,13 @@ ADMIN_USER=admin
 STARTUP_TIMEOUT=${DEMO_STARTUP_TIMEOUT:-60}
 RUN_TIMEOUT=${DEMO_RUN_TIMEOUT:-120}
 
-# A local, single-user demo: DEBUG gives the development SECRET_KEY, localhost ALLOWED_HOSTS
-# and plain-HTTP cookies. Never use these settings for anything reachable from elsewhere.
+# A local, single-user demo: DEBUG gives localhost ALLOWED_HOSTS and plain-HTTP cookies. Never
+# use these settings for anything reachable from elsewhere. The rest comes from the .env file
+# the demo writes when there is none (write_env_file), which manage.py and celery read later too.
+ENV_FILE=${ORCHESTRA_ENV_FILE:-$ROOT/.env}
+# The demo's own RabbitMQ vhost: a second orchestra on this machine (another checkout, the test
+# suite) uses another one, so neither takes the other's messages.
+DEMO_VHOST=orchestra_demo
 export DJANGO_SETTINGS_MODULE=orchestra.settings
 export DJANGO_DEBUG=true
 export PYTHONUNBUFFERED=1
@@ -126,6 +131,33 @@ wait_until() { # wait_until NAME DESCRIPTION CHECK...: poll CHECK until it passe
   say "$name is up ($what)"
 }
 
+ensure_vhost() { # ensure_vhost NAME: create the RabbitMQ vhost and give guest every right on it
+  rabbitmqctl -q list_vhosts | grep -xF "$1" >/dev/null || rabbitmqctl -q add_vhost "$1"
+  rabbitmqctl -q set_permissions -p "$1" guest '.*' '.*' '.*'
+}
+
+write_env_file() { # the demo's settings, unless a settings file exists already
+  if [[ -e $ENV_FILE ]]; then
+    say "settings: $ENV_FILE (kept as it is)"
+    return
+  fi
+  say "writing the demo's settings to $ENV_FILE (manage.py and celery read it; see .env.example)"
+  local secret
+  secret=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(50))')
+  (
+    umask 077
+    cat >"$ENV_FILE" <<EOF
+# Written by scripts/demo.sh for a local, single-user demo; every setting: .env.example.
+DJANGO_DEBUG=true
+SECRET_KEY=$secret
+CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/$DEMO_VHOST
+DATABASE_URL=postgres://postgres@127.0.0.1:5432/orchestra
+ORCHESTRA_QUEUE_RETRY_BASE_SECONDS=1
+ORCHESTRA_SWEEP_INTERVAL_SECONDS=1
+EOF
+  )
+}
+
 # --- readiness checks --------------------------------------------------------------------------
 
 http_status() { # http_status URL [USER:PASSWORD]: print the HTTP status code (000: no answer)
@@ -191,6 +223,11 @@ demo() {
     port_taken "$port" && fail "port $port is in use by another program; stop it and retry"
   done
 
+  write_env_file
+  say "RabbitMQ vhost '$DEMO_VHOST'"
+  ensure_vhost "$DEMO_VHOST" ||
+    fail "cannot create the vhost '$DEMO_VHOST' (is RabbitMQ running? 'make services')"
+
   say "checking RabbitMQ"
   check_broker || fail "RabbitMQ is not ready for orchestra (see above)"
 
@@ -230,8 +267,7 @@ print(Token.objects.get_or_create(user=user)[0].key)
   else
     say "the shop of the order flow: database and RabbitMQ vhost '$SHOP'"
     bash scripts/services.sh "$SHOP" >/dev/null
-    rabbitmqctl -q add_vhost "$SHOP" 2>/dev/null || true
-    rabbitmqctl -q set_permissions -p "$SHOP" guest '.*' '.*' '.*'
+    ensure_vhost "$SHOP"
     start target "$BIN/python" examples/target.py --port "$TARGET_PORT" \
       --shop-database "$SHOP_DB" --shop-events "$SHOP_EVENTS"
     wait_until target "http://127.0.0.1:$TARGET_PORT/health" \
@@ -296,12 +332,13 @@ orchestra demo is running; stop it with 'make stop'. Logs: .run/*.log
 
   Admin    $web/admin/          user $ADMIN_USER, password $password
   API      $web/api/            header  Authorization: Token $token
-           $web/api/docs/       Swagger UI (the schema is at /api/schema/)
+           $web/api/docs/       Swagger UI, $web/api/redoc/ ReDoc (the schema is at /api/schema/)
            curl -H 'Authorization: Token $token' $web/api/runs/
   Flower   http://127.0.0.1:$FLOWER_PORT/          user $ADMIN_USER, password $password
   Target   http://127.0.0.1:$TARGET_PORT/          the sample system under test (examples/target.py)
 
-  The credentials are also in .run/credentials (readable only by you).
+  The credentials are also in .run/credentials (readable only by you). The settings are in
+  $ENV_FILE: manage.py and celery read them in any shell. RabbitMQ vhost: $DEMO_VHOST.
 EOF
   if [[ $run_ok != true ]]; then
     printf '\nerror: the sample run did not pass; last lines of .run/worker.log:\n' >&2

@@ -11,6 +11,8 @@ import os
 TEST_SESSION_ID = os.environ.setdefault("ORCHESTRA_TEST_ID", str(os.getpid()))
 TEST_BROKER_VHOST = f"orchestra_test_{TEST_SESSION_ID}"
 
+# A developer's .env (the demo writes one) must not reach the tests or their workers.
+os.environ.setdefault("ORCHESTRA_ENV_FILE", os.devnull)
 os.environ.setdefault("DJANGO_DEBUG", "true")
 os.environ.setdefault("TEST_DATABASE_NAME", f"test_orchestra_{TEST_SESSION_ID}")
 os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@127.0.0.1:5672/{TEST_BROKER_VHOST}")

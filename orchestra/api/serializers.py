@@ -11,6 +11,11 @@ class HealthSerializer(serializers.Serializer):
     database = serializers.ChoiceField(choices=["ok", "unreachable", "unknown"])
     broker = serializers.ChoiceField(choices=["ok", "unreachable", "unknown"])
     workers = serializers.IntegerField()
+    foreign_run_messages = serializers.IntegerField(
+        help_text="Dead letters of the last hour that name a run this database does not have "
+        "(another deployment on the same queue)."
+    )
+    warnings = serializers.ListField(child=serializers.CharField())
 
 
 class ErrorDetailSerializer(serializers.Serializer):

@@ -468,17 +468,21 @@ class HttpPlugin(ProtocolPlugin):
         except (UnicodeEncodeError, ValueError, TypeError) as exc:
             # A header value outside ASCII, a NaN in the JSON body...: no retry will fix it.
             raise PluginError(f"cannot build the request to {params['url']}: {exc}") from None
-        exchange = send_request(
-            self._client,
-            request_summary["method"],
-            params["url"],
-            context=context,
-            headers=headers,
-            query=params.get("query"),
-            content=content,
-            timeout=params.get("timeout"),
-            follow_redirects=params.get("follow_redirects", False),
-        )
+        try:
+            exchange = send_request(
+                self._client,
+                request_summary["method"],
+                params["url"],
+                context=context,
+                headers=headers,
+                query=params.get("query"),
+                content=content,
+                timeout=params.get("timeout"),
+                follow_redirects=params.get("follow_redirects", False),
+            )
+        except PluginError as exc:
+            exc.request = request_summary  # a refused connection still shows what was tried
+            raise
         content_type = exchange.headers.get("content-type", "")
         text = decode_text(exchange.content, content_type)
         return PluginResult(

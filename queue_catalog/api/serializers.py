@@ -55,7 +55,7 @@ class QueueRecordDetailSerializer(QueueRecordSerializer):
 
 class QueueRecordCreateSerializer(serializers.Serializer):
     scenario = ScenarioReferenceField()
-    payload = payload_field()
+    payload = payload_field(required=False, default=dict)
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
     max_attempts = serializers.IntegerField(
         min_value=1,

@@ -39,6 +39,15 @@ ERRORS = {
 CONFLICT = {409: OpenApiResponse(ErrorSerializer, "The object's state does not allow this.")}
 
 
+def _attachment(body: str, content_type: str, run: TestRun, extension: str) -> HttpResponse:
+    filename = reports.report_filename(run, extension)
+    return HttpResponse(
+        body,
+        content_type=content_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
 def _object_or_404(queryset, pk):
     try:
         return queryset.get(id=int(pk))
@@ -200,14 +209,14 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def junit(self, request, pk=None):
         """The run as JUnit XML (scenario = testsuite, step = testcase)."""
         run = _object_or_404(selectors.run_list(), pk)
-        return HttpResponse(reports.run_junit_xml(run), content_type="application/xml")
+        return _attachment(reports.run_junit_xml(run), "application/xml", run, "xml")
 
     @extend_schema(responses={(200, "text/html"): OpenApiTypes.STR, **ERRORS})
     @action(detail=True, methods=["get"])
     def report(self, request, pk=None):
         """A self-contained HTML page with every step, attempt and timing."""
         run = _object_or_404(selectors.run_list(), pk)
-        return HttpResponse(reports.run_html_report(run), content_type="text/html")
+        return _attachment(reports.run_html_report(run), "text/html", run, "html")
 
 
 class DeadLetterFilter(StrictFilterSet):

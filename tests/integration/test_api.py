@@ -229,6 +229,7 @@ def test_api_root_lists_every_resource_for_users_only(viewer_client):
         "health",
         "schema",
         "docs",
+        "redoc",
     }
     assert APIClient().get("/api/").status_code == 401
 
@@ -242,6 +243,8 @@ def test_health_needs_no_credentials_and_reports_database_broker_and_workers(wor
         "database": "ok",
         "broker": "ok",
         "workers": len(workers),
+        "foreign_run_messages": 0,
+        "warnings": [],
     }
 
 
@@ -436,7 +439,7 @@ _BAD_METHOD = {
         ("post", "/api/runs/", {"scenario": "{scenario}", "payload": {"a": "x\u0000"}}, "payload"),
         ("post", "/api/runs/", '{"scenario": "{scenario}", "payload": {"a": "\\ud800"}}',
          "payload"),
-        ("post", "/api/queue/", {"scenario": "{scenario}"}, "payload"),
+        ("post", "/api/queue/", {"scenario": "{scenario}", "payload": [1]}, "payload"),
         ("post", "/api/queue/", {"scenario": "{scenario}", "payload": {}, "max_attempts": 0},
          "max_attempts"),
         ("get", "/api/runs/?queued_after=0001-01-01T00:00:00%2B05:00", None, "queued_after"),

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -86,3 +87,51 @@ def test_flower_lists_the_workers_with_credentials_and_refuses_without(flower, w
     wait_for(listed, timeout=30, interval=1, message="flower to list both workers")
     page = httpx.get(flower + "/workers", auth=("watcher", "s3cret-pass"), timeout=10)
     assert page.status_code == 200
+
+
+HOUSEKEEPING = {
+    "runs.sweep_runs",
+    "runs.collect_dead_letters",
+    "queue_catalog.sweep_queue",
+    "queue_catalog.purge_runs",
+}
+
+
+def _flower_tasks(flower: str) -> dict:
+    response = httpx.get(flower + "/api/tasks", auth=("watcher", "s3cret-pass"), timeout=10)
+    assert response.status_code == 200
+    return response.json()
+
+
+def _sweeps_executed(workers) -> int:
+    return sum(worker.output().count("Task runs.sweep_runs[") for worker in workers)
+
+
+def test_flower_lists_a_run_by_its_scenario_name_and_no_housekeeping(flower, workers, beat):
+    from orchestra.celery import app
+    from runs.services import run_start
+    from tests.factories import make_scenario
+
+    scenario = make_scenario(name="create-and-fetch-user")
+    labels = set()
+
+    def a_run_listed() -> bool:
+        # What `-E` does at start (Flower sends it too, every few seconds): task events on.
+        app.control.enable_events()
+        run = run_start(scenario=scenario)
+        labels.add(f"run {run.id} · create-and-fetch-user")
+        inner = time.monotonic() + 5
+        while time.monotonic() < inner:
+            if labels & {t["name"] for t in _flower_tasks(flower).values()}:
+                return True
+            time.sleep(0.5)
+        return False
+
+    wait_for(a_run_listed, timeout=90, interval=0, message="flower to list a run's task")
+    # The sweeps go on every half second with events on; let a few more execute.
+    sweeps = _sweeps_executed(workers)
+    wait_for(lambda: _sweeps_executed(workers) >= sweeps + 3, timeout=30, message="more sweeps")
+
+    names = {task["name"] for task in _flower_tasks(flower).values()}
+    assert names and names <= labels, names
+    assert not names & HOUSEKEEPING

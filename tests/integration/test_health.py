@@ -109,3 +109,58 @@ def test_anonymous_calls_past_the_anon_rate_are_a_429_with_retry_after(
     assert Client(REMOTE_ADDR="192.0.2.8").get("/api/health/").status_code in (200, 503)
     forged = client.get("/api/health/", HTTP_X_FORWARDED_FOR="198.51.100.1")
     assert forged.status_code == 429
+
+
+# --- messages of another deployment ---------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_message_naming_a_run_this_database_lacks_warns_in_the_worker_log_and_health(
+    live_db, worker_factory
+):
+    from runs.deadletters import dead_letters_collect
+    from runs.models import DeadLetter
+    from runs.tasks import execute_run
+    from tests.support import wait_for
+
+    worker = worker_factory("foreign")
+    assert health.health_check()["foreign_run_messages"] == 0
+    # What a second orchestra sharing this vhost publishes: a run of its own database.
+    execute_run.apply_async(args=[987654321])
+
+    wait_for(
+        lambda: "run 987654321 is not in this worker's database" in worker.output(),
+        message="the worker's warning",
+    )
+    wait_for(
+        lambda: dead_letters_collect() or DeadLetter.objects.filter(received=True).exists(),
+        message="the dead letter to be collected",
+    )
+    line = next(line for line in worker.output().splitlines() if "987654321 is not" in line)
+    assert "WARNING" in line and "another orchestra deployment" in line and "vhost" in line
+    checked = health.health_check()
+    assert checked["status"] == "ok"
+    assert checked["foreign_run_messages"] == 1
+    assert "another orchestra deployment may share this RabbitMQ vhost" in checked["warnings"][0]
+
+
+@pytest.mark.django_db
+def test_only_recent_dead_letters_of_runs_this_database_lacks_count_as_foreign():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from runs.models import DeadLetter
+    from runs.selectors import foreign_run_dead_letter_count
+    from tests.factories import make_scenario
+
+    run = make_scenario().runs.create(definition={"steps": []})
+    DeadLetter.objects.create(run_id_hint=run.id, reason="given up after 3 deliveries")
+    DeadLetter.objects.create(run_id_hint=None, reason="malformed run id 'x'")
+    old = DeadLetter.objects.create(run_id_hint=run.id + 1000, reason="run does not exist")
+    DeadLetter.objects.filter(id=old.id).update(created_at=timezone.now() - timedelta(hours=2))
+    since = timezone.now() - timedelta(hours=1)
+
+    assert foreign_run_dead_letter_count(since=since) == 0
+    DeadLetter.objects.create(run_id_hint=run.id + 1001, reason="run does not exist")
+    assert foreign_run_dead_letter_count(since=since) == 1

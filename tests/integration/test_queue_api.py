@@ -37,6 +37,18 @@ def test_enqueue_over_the_api_returns_the_record_and_its_runs(api_client):
     assert attempt["run"]["context"]["queueRecordId"] == body["id"]
 
 
+def test_enqueue_without_payload_launches_with_an_empty_payload(api_client):
+    scenario = make_scenario([delay_step("quick")])
+
+    response = api_client.post("/api/queue/", {"scenario": scenario.name}, format="json")
+
+    assert response.status_code == 201, response.json()
+    record = QueueRecord.objects.get(id=response.json()["id"])
+    assert record.payload == {}
+    wait_for(lambda: QueueRecord.objects.get(id=record.id).status == "DONE")
+    assert record.attempts.get().run.context["payload"] == {}
+
+
 def test_queue_list_filters_by_status_and_scenario(api_client):
     slow = make_scenario([delay_step("slow", 1)])
     other = make_scenario([delay_step("quick")])
@@ -73,7 +85,7 @@ def test_cancel_and_retry_report_conflicts_with_409(api_client):
         ({"scenario": "no-such-scenario", "payload": {}}, "scenario"),
         ({"scenario": "__SCENARIO__", "payload": [1, 2]}, "payload"),
         ({"scenario": "__SCENARIO__", "payload": "text"}, "payload"),
-        ({"scenario": "__SCENARIO__"}, "payload"),
+        ({"scenario": "__SCENARIO__", "payload": None}, "payload"),
         ({"scenario": "__SCENARIO__", "payload": {}, "max_attempts": -1}, "max_attempts"),
         ({"scenario": "__SCENARIO__", "payload": {}, "max_attempts": 0}, "max_attempts"),
         ({"scenario": "__SCENARIO__", "payload": {}, "max_attempts": 10**9}, "max_attempts"),

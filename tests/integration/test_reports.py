@@ -127,3 +127,32 @@ def test_the_html_report_escapes_hostile_text(api_client):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "\x1b" not in html and "\x0c" not in html and "\ufffe" not in html
     assert "\\x1b[31mred" in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("path", "extension"), [("junit", "xml"), ("report", "html")])
+def test_report_endpoints_send_an_attachment_with_a_safe_file_name(api_client, path, extension):
+    run = _run_with_steps(["placeholder"])
+    Scenario.objects.filter(id=run.scenario_id).update(name='hostile "; ../x/\x1b scenario')
+
+    response = api_client.get(f"/api/runs/{run.id}/{path}/")
+
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == (
+        f'attachment; filename="run-{run.id}-hostile-..-x-scenario.{extension}"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [
+        ("create-and-fetch-user", "run-42-create-and-fetch-user.xml"),
+        ("Заказ № 5", "run-42-5.xml"),
+        ("...", "run-42-scenario.xml"),
+        ("a" * 300, f"run-42-{'a' * 80}.xml"),
+    ],
+)
+def test_report_filename_keeps_only_safe_characters(name, filename):
+    run = TestRun(id=42, scenario=Scenario(name=name))
+
+    assert reports.report_filename(run, "xml") == filename

@@ -282,7 +282,7 @@ INVALID = [
         "undefined-name-in-header",
         definition(http_with("fetch user", headers={"Authorization": "Bearer {{ tokn }}"})),
         "steps[0] (fetch user): with.headers.Authorization",
-        "unknown name(s) ['tokn']",
+        "unknown name(s) ['tokn'] in a template",
     ),
     (
         "undefined-name-in-expectation",
@@ -619,3 +619,14 @@ def test_the_grouped_problems_are_keyed_by_path_only():
         validate_definition(value)
 
     assert caught.value.as_dict() == {"steps[0].with.method": [caught.value.problems[0].message]}
+
+
+def test_an_unknown_name_suggests_the_closest_defined_one():
+    value = definition(
+        {"name": "fetch user", "plugin": "delay", "with": {"seconds": "{{ wiat }}"}},
+        variables={"wait": 0, "base_url": "http://x"},
+    )
+
+    (problem,) = problems_of(value)
+
+    assert problem.endswith("unknown name(s) ['wiat'] in a template — did you mean 'wait'?")

@@ -157,6 +157,40 @@ def test_a_slow_answer_past_the_step_timeout_is_a_retryable_error(plugin, target
         plugin.execute({"url": f"{target_url}/slow?seconds=1", "timeout": 30}, context(timeout=0.2))
 
     assert caught.value.retryable
+    assert caught.value.request["url"] == f"{target_url}/slow?seconds=1"
+
+
+def test_a_refused_connection_keeps_the_attempted_request_in_the_step_redacted(
+    transactional_db,
+):
+    from runs.executor import run_execute
+    from runs.models import TestRun
+    from tests.factories import make_scenario
+
+    url = f"http://127.0.0.1:{closed_port()}/users"
+    step = {
+        "name": "create user",
+        "plugin": "http",
+        "with": {
+            "method": "POST",
+            "url": url,
+            "headers": {"Authorization": "Bearer s3cret-token", "X-Trace": "t-1"},
+            "json": {"name": "Ada"},
+        },
+    }
+    scenario = make_scenario([step])
+    run = TestRun.objects.create(scenario=scenario, definition=scenario.definition)
+
+    run_execute(run_id=run.id, worker="test:1")
+
+    stored = run.steps.get()
+    assert stored.status == "ERROR" and f"POST {url} failed" in stored.error
+    assert stored.request == {
+        "method": "POST",
+        "url": url,
+        "headers": {"Authorization": "[REDACTED]", "X-Trace": "t-1"},
+        "body": '{"name": "Ada"}',
+    }
 
 
 def test_a_with_timeout_shorter_than_the_step_timeout_applies(plugin, target_url):
@@ -171,6 +205,7 @@ def test_connection_refused_is_a_retryable_error(plugin):
         execute(plugin, url=url)
 
     assert caught.value.retryable
+    assert caught.value.request == {"method": "GET", "url": url, "headers": {}}
 
 
 @pytest.mark.parametrize(

@@ -169,7 +169,7 @@ def test_a_template_error_quoting_a_transformed_credential_is_redacted(
     text = stored(run)
     for secret in (TOKEN[::-1], TOKEN[2:], TOKEN + "x", TOKEN.upper()):
         assert secret not in text
-    assert step.error.startswith(repr(template)[:20])  # the error still names the template
+    assert repr(template)[:20] in step.error  # the error still names the template
 
 
 def test_an_error_in_a_variable_reading_a_secret_is_redacted_in_the_run_error(
@@ -279,3 +279,19 @@ def test_celery_log_handlers_get_the_redacting_filter_once(credentials):
 
     assert sum(isinstance(f, RedactingFilter) for f in logger.handlers[0].filters) == 1
     assert stream.getvalue() == "token [REDACTED]\n"
+
+
+def test_a_runtime_template_error_names_the_step_the_field_and_the_closest_name(
+    transactional_db, monkeypatch
+):
+    run = execute(
+        monkeypatch,
+        [{"name": "fetch user", "plugin": "echo", "with": {"x": "{{ payload.apikey }}"}}],
+    )
+
+    step = run.steps.get()
+    assert step.status == "ERROR"
+    assert step.error == (
+        "step 'fetch user': with.x: 'dict object' has no attribute 'apikey' — "
+        "did you mean 'apiKey'? (in '{{ payload.apikey }}')"
+    )

@@ -281,3 +281,39 @@ def test_a_value_with_a_template_comes_back_as_a_new_object():
     assert rendered == {"static": {"a": 1}, "codes": [200, 42]}
     assert value == {"static": {"a": 1}, "codes": [200, "{{ user_id }}"]}
     assert rendered["static"] is value["static"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            {"url": "{{ base_ur }}/users"},
+            "with.url: 'base_ur' is undefined — did you mean 'base_url'? "
+            "(in '{{ base_ur }}/users')",
+        ),
+        (
+            {"json": {"who": "{{ payload.nmae }}"}},
+            "with.json.who: 'dict object' has no attribute 'nmae' — did you mean 'name'? "
+            "(in '{{ payload.nmae }}')",
+        ),
+        (
+            {"headers": ["ok", "{{ payload['tag'] }}"]},
+            "with.headers.1: 'dict object' has no attribute 'tag' — did you mean 'tags'? "
+            "(in \"{{ payload['tag'] }}\")",
+        ),
+        ({"x": "{{ zzzzzz }}"}, "with.x: 'zzzzzz' is undefined (in '{{ zzzzzz }}')"),
+    ],
+    ids=["name", "attribute", "list-item", "nothing-close"],
+)
+def test_an_undefined_name_names_where_and_suggests_the_closest_defined_one(value, message):
+    with pytest.raises(TemplateError) as caught:
+        render(value, CONTEXT, at="with")
+
+    assert str(caught.value) == message
+
+
+def test_an_error_without_a_location_quotes_the_template_as_before():
+    with pytest.raises(TemplateError) as caught:
+        render("{{ user_di }}", CONTEXT)
+
+    assert str(caught.value) == "'{{ user_di }}': 'user_di' is undefined — did you mean 'user_id'?"
