@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.roles import OPERATE_PERMISSION
+from orchestra.times import format_age
 from queue_catalog import services
 from queue_catalog.models import QueueRecord
 from queue_catalog.states import RecordStatus
@@ -19,22 +22,50 @@ STATUS_COLOURS = {
 STOPPING_COLOUR = "#fd7e14"  # running, cancel requested
 
 
+class LaunchParametersField(forms.JSONField):
+    """Launch parameters: any JSON object, {} included; never null, a list or a number."""
+
+    def __init__(self, **kwargs) -> None:
+        # {} is "empty" to Django's JSONField, which would call it missing: the object check
+        # below is the requirement instead.
+        super().__init__(**{**kwargs, "required": False})
+
+    def validate(self, value) -> None:
+        super().validate(value)
+        if not isinstance(value, dict):
+            raise forms.ValidationError(
+                _("Enter a JSON object, for example {}."), code="not_an_object"
+            )
+
+
+class QueueRecordAddForm(forms.ModelForm):
+    payload = LaunchParametersField(
+        label=_("launch parameters"),
+        initial=dict,
+        help_text=QueueRecord._meta.get_field("payload").help_text,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 80, "style": "font-family:monospace"}),
+    )
+
+    class Meta:
+        model = QueueRecord
+        fields = ["scenario", "payload", "priority", "max_attempts"]
+
+
 @admin.register(QueueRecord)
 class QueueRecordAdmin(admin.ModelAdmin):
+    form = QueueRecordAddForm
     list_display = [
         "id",
         "scenario",
         "coloured_status",
         "start_count",
-        "process_code",
-        "started_at",
-        "finished_at",
+        "process_code_display",
         "priority",
-        "created_at",
+        "age",
     ]
     list_filter = ["status", "scenario", "priority", "created_at"]
     search_fields = ["scenario__name", "payload"]
-    list_select_related = ["scenario"]
+    list_select_related = ["scenario", "current_run"]
     actions = ["cancel_records", "retry_records", "move_records_to_front"]
     fieldsets = [
         (_("Run"), {"fields": ["scenario", "payload", "priority", "max_attempts"]}),
@@ -43,7 +74,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
             {
                 "fields": [
                     "status",
-                    "process_code",
+                    "process_code_display",
                     "started_at",
                     "finished_at",
                     "start_count",
@@ -58,7 +89,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
     ]
     readonly_fields = [
         "status",
-        "process_code",
+        "process_code_display",
         "started_at",
         "finished_at",
         "start_count",
@@ -68,6 +99,10 @@ class QueueRecordAdmin(admin.ModelAdmin):
         "runs_display",
         "created_at",
     ]
+
+    def get_fieldsets(self, request, obj=None):
+        # A record being added has no execution yet: only what it runs.
+        return self.fieldsets if obj else self.fieldsets[:1]
 
     def save_model(self, request, obj, form, change):
         # A record added here goes through the queue's service, like one added by the API: its
@@ -88,9 +123,34 @@ class QueueRecordAdmin(admin.ModelAdmin):
         colour = STOPPING_COLOUR if record.is_stopping else STATUS_COLOURS[record.status]
         return format_html('<b style="color:{}">{}</b>', colour, record.status_text)
 
+    @admin.display(description=_("process code"), ordering="current_run")
+    def process_code_display(self, record: QueueRecord):
+        """The current run, linked, and the worker (owner) executing it, on one line."""
+        run = record.current_run
+        if run is None:
+            return record.process_code or "—"
+        link = format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:runs_testrun_change", args=[run.pk]),
+            _("run %(id)s") % {"id": run.pk},
+        )
+        if not run.worker:
+            return link
+        return format_html(
+            '<span style="white-space:nowrap">{} · {} {}</span>', link, _("owner"), run.worker
+        )
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def age(self, record: QueueRecord):
+        return format_age(record.created_at)
+
     @admin.display(description=_("errors"))
     def errors_display(self, record: QueueRecord):
-        return format_html("<pre>{}</pre>", record.errors_text) if record.errors else "—"
+        if not record.errors:
+            return "—"
+        return format_html(
+            '<pre style="margin:0; white-space:pre-wrap">{}</pre>', record.errors_text
+        )
 
     @admin.display(description=_("runs"))
     def runs_display(self, record: QueueRecord):
