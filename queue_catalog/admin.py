@@ -7,7 +7,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.roles import OPERATE_PERMISSION
-from orchestra.times import format_age
+from orchestra.times import elapsed, format_age, format_duration
 from queue_catalog import services
 from queue_catalog.models import QueueRecord
 from queue_catalog.states import RecordStatus
@@ -56,11 +56,11 @@ class QueueRecordAdmin(admin.ModelAdmin):
     form = QueueRecordAddForm
     list_display = [
         "id",
-        "scenario",
+        "scenario_name",
         "coloured_status",
         "start_count",
         "process_code_display",
-        "priority",
+        "duration",
         "age",
     ]
     list_filter = ["status", "scenario", "priority", "created_at"]
@@ -137,8 +137,17 @@ class QueueRecordAdmin(admin.ModelAdmin):
         if not run.worker:
             return link
         return format_html(
-            '<span style="white-space:nowrap">{} · {} {}</span>', link, _("owner"), run.worker
+            '{} · <span style="overflow-wrap:anywhere">{} {}</span>', link, _("owner"), run.worker
         )
+
+    @admin.display(description=_("scenario"), ordering="scenario__name")
+    def scenario_name(self, record: QueueRecord) -> str:
+        # Not the foreign key itself: the admin keeps a key's column on one line, however long.
+        return record.scenario.name
+
+    @admin.display(description=_("duration"))
+    def duration(self, record: QueueRecord) -> str:
+        return format_duration(elapsed(record.started_at, record.finished_at))
 
     @admin.display(description=_("created"), ordering="created_at")
     def age(self, record: QueueRecord):
