@@ -17,8 +17,8 @@ from django.db import models
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from orchestra.roles import OPERATE_PERMISSION
 from orchestra.times import elapsed, format_age, format_duration
@@ -361,7 +361,7 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "position",
                     "name",
                     "plugin",
-                    "is_cleanup",
+                    "cleanup_display",
                     "coloured_status",
                     "started_at",
                     "finished_at",
@@ -385,6 +385,7 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = [
         "run_link",
+        "cleanup_display",
         "coloured_status",
         "request_display",
         "response_display",
@@ -396,6 +397,11 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("run"), ordering="run")
     def run_link(self, step: StepResult):
         return _run_link(step.run_id, step.run.scenario.name)
+
+    @admin.display(description=_("finally step"))
+    def cleanup_display(self, step: StepResult) -> str:
+        # Plain words: the admin's boolean icons paint "no" as a red cross, read as a failure.
+        return gettext("yes") if step.is_cleanup else gettext("no")
 
     @admin.display(description=_("duration"), ordering="duration_ms")
     def duration(self, step: StepResult) -> str:

@@ -11,7 +11,7 @@ from django.template.loader import render_to_string
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.times import elapsed, format_duration, format_time
-from runs.models import StepResult, TestRun
+from runs.models import StepResult, StepStatus, TestRun
 from runs.selectors import latest_attempt_steps
 
 # Characters outside XML 1.0's ``Char`` production: most C0 controls, lone surrogates, U+FFFE and
@@ -109,6 +109,9 @@ def _json(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
+_STEP_LABELS = dict(StepStatus.choices)
+
+
 def _report_step(step: StepResult) -> dict:
     return {
         "step": step,
@@ -127,7 +130,11 @@ def _report_step(step: StepResult) -> dict:
             for assertion in step.assertions
         ],
         "tries": [
-            {**item, "duration": format_duration((item.get("duration_ms") or 0) / 1000)}
+            {
+                **item,
+                "label": _STEP_LABELS.get(item.get("status"), item.get("status", "")),
+                "duration": format_duration((item.get("duration_ms") or 0) / 1000),
+            }
             for item in step.tries
         ],
     }
