@@ -44,7 +44,9 @@ def format_age(value: datetime | None) -> SafeString | str:
         return "—"
     age = format_since(value)
     return format_html(
-        '<span title="{}" style="white-space:nowrap">{}</span>', format_time(value), _("%(age)s ago") % {"age": age}
+        '<span title="{}" style="white-space:nowrap">{}</span>',
+        format_time(value),
+        _("%(age)s ago") % {"age": age},
     )
 
 
