@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.roles import OPERATE_PERMISSION
@@ -40,7 +41,7 @@ class LaunchParametersField(forms.JSONField):
 
 class QueueRecordAddForm(forms.ModelForm):
     payload = LaunchParametersField(
-        label=_("launch parameters"),
+        label=capfirst(QueueRecord._meta.get_field("payload").verbose_name),
         initial=dict,
         help_text=QueueRecord._meta.get_field("payload").help_text,
         widget=forms.Textarea(attrs={"rows": 6, "cols": 80, "style": "font-family:monospace"}),

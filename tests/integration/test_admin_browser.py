@@ -194,6 +194,20 @@ def test_every_admin_page_fits_1280_px_and_shows_what_matters(
     assert page.input_value("#id_payload") == "{}"
     assert "start count" not in text.lower()
 
+    # Russian words are longer: the lists must still fit.
+    language = {"name": "django_language", "url": live_server.url}
+    page.context.add_cookies([{**language, "value": "ru"}])
+    for path, name, count in [
+        ("/admin/", "dashboard_ru", "ЗАПУСКИ ЗА ПОСЛЕДНИЙ ЧАС"),
+        ("/admin/runs/testrun/", "runs_ru", "6 тестовых запусков"),
+        ("/admin/runs/stepresult/", "steps_ru", "4 результата шага"),
+        ("/admin/runs/deadletter/", "dead_letters_ru", "1 недоставленное сообщение"),
+        ("/admin/queue_catalog/queuerecord/", "queue_ru", "13 записей очереди"),
+        (f"/admin/runs/testrun/{failed.id}/change/", "run_ru", "Сбои"),
+    ]:
+        assert count in _look(page, live_server, path, shots, name)
+    page.context.add_cookies([{**language, "value": "en"}])
+
     page.goto(f"{live_server.url}/api/runs/{failed.id}/report/")
     page.screenshot(path=str(shots / "report.png"), full_page=True)
     assert_no_sideways_scroll(page, "the HTML report")
