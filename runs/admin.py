@@ -207,7 +207,7 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             {
                 "fields": [
                     "attempt",
-                    "worker",
+                    "owner",
                     "lease_expires_at",
                     "deadline_at",
                     "cancel_requested_at",
@@ -226,6 +226,7 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = [
         "coloured_status",
+        "owner",
         "context_display",
         "definition_display",
         "reports_display",
@@ -239,6 +240,11 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def scenario_name(self, run: TestRun) -> str:
         # Not the foreign key itself: the admin keeps a key's column on one line, however long.
         return run.scenario.name
+
+    @admin.display(description=_("owner"))
+    def owner(self, run: TestRun) -> str:
+        # The worker executing the run (host:pid); a queue record's process code is the run.
+        return run.worker or "—"
 
     @admin.display(description=_("duration"))
     def duration(self, run: TestRun) -> str:
