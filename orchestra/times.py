@@ -34,7 +34,8 @@ def format_since(value: datetime) -> str:
     """How long ago ``value`` was, to one unit: "40 seconds", "3 minutes", "2 days"."""
     seconds = int((timezone.now() - value).total_seconds())
     if seconds < 60:
-        return ngettext("%(count)d second", "%(count)d seconds", seconds) % {"count": seconds}
+        text = ngettext("%(count)d second", "%(count)d seconds", seconds) % {"count": seconds}
+        return text.replace(" ", "\xa0")  # number and unit stay together, as in timesince
     return timesince(value, depth=1)
 
 
