@@ -62,7 +62,19 @@ def _pretty_json(value: Any):
     if value in (None, {}, []):
         return "—"
     text = json.dumps(value, indent=2, ensure_ascii=False)
-    return format_html('<pre style="margin:0; white-space:pre-wrap">{}</pre>', text)
+    return _preformatted(text)
+
+
+def _yes_no(value: bool) -> str:
+    # Plain words: the admin's boolean icons paint "no" as a red cross, read as a failure.
+    return gettext("yes") if value else gettext("no")
+
+
+def _preformatted(text: str):
+    # Wrapped anywhere: one long word (an encoded body, a token) must not widen the page.
+    return format_html(
+        '<pre style="margin:0; white-space:pre-wrap; overflow-wrap:anywhere">{}</pre>', text
+    )
 
 
 def _run_link(run_id: int | None, scenario_name: str = ""):
@@ -406,8 +418,7 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("finally step"))
     def cleanup_display(self, step: StepResult) -> str:
-        # Plain words: the admin's boolean icons paint "no" as a red cross, read as a failure.
-        return gettext("yes") if step.is_cleanup else gettext("no")
+        return _yes_no(step.is_cleanup)
 
     @admin.display(description=_("duration"), ordering="duration_ms")
     def duration(self, step: StepResult) -> str:
@@ -444,7 +455,15 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "age", "task", "run_link", "short_reason", "coloured_status", "received"]
+    list_display = [
+        "id",
+        "age",
+        "task",
+        "run_link",
+        "short_reason",
+        "coloured_status",
+        "received_display",
+    ]
     list_filter = ["status", "received", "task"]
     search_fields = ["task_id", "=run_id_hint", "reason"]
     fields = [
@@ -453,14 +472,20 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "run_link",
         "reason",
         "coloured_status",
-        "received",
+        "received_display",
         "created_at",
         "redriven_at",
         "content_type",
         "headers_display",
-        "body",
+        "body_display",
     ]
-    readonly_fields = ["run_link", "coloured_status", "headers_display"]
+    readonly_fields = [
+        "run_link",
+        "coloured_status",
+        "received_display",
+        "headers_display",
+        "body_display",
+    ]
     actions = ["redrive"]
 
     @admin.display(description=_("run"), ordering="run_id_hint")
@@ -479,9 +504,17 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def coloured_status(self, letter: DeadLetter):
         return _coloured(DEAD_LETTER_STATUS_COLOURS[letter.status], letter.get_status_display())
 
+    @admin.display(description=_("drained from the broker"), ordering="received")
+    def received_display(self, letter: DeadLetter) -> str:
+        return _yes_no(letter.received)
+
     @admin.display(description=_("headers"))
     def headers_display(self, letter: DeadLetter):
         return _pretty_json(letter.headers)
+
+    @admin.display(description=_("body"))
+    def body_display(self, letter: DeadLetter):
+        return _preformatted(letter.body) if letter.body else "—"
 
     def has_operate_permission(self, request) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)

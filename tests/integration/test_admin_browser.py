@@ -113,9 +113,11 @@ def busy_admin(transactional_db) -> dict:
         run_id_hint=failed.id,
         reason="run 99182 does not exist in this database: " + "a very long reason " * 10,
         received=True,
+        body="eyJydW5faWQiOiA5OTE4Mn0" * 40,  # one long word, as an encoded body is
+        headers={"x-death": [{"queue": "runs.normal", "count": 4}]},
     )
     User.objects.create_superuser("operator", password="operator-password")
-    return {"failed": failed, "record": record}
+    return {"failed": failed, "record": record, "letter": DeadLetter.objects.get()}
 
 
 def _look(page, live_server, path: str, shots: Path, name: str) -> str:  # noqa: F811
@@ -180,6 +182,13 @@ def test_every_admin_page_fits_1280_px_and_shows_what_matters(
 
     text = _look(page, live_server, "/admin/runs/deadletter/", shots, "dead_letters")
     assert "1 dead letter" in text
+
+    letter = busy_admin["letter"]
+    text = _look(page, live_server, f"/admin/runs/deadletter/{letter.id}/change/", shots, "letter")
+    assert "runs.normal" in text
+    step = failed.steps.get(position=1)
+    text = _look(page, live_server, f"/admin/runs/stepresult/{step.id}/change/", shots, "step")
+    assert "Finally step:\nno" in text
 
     text = _look(page, live_server, "/admin/queue_catalog/queuerecord/", shots, "queue")
     assert "13 queue records" in text
