@@ -39,7 +39,7 @@ class LaunchParametersField(forms.JSONField):
             )
 
 
-class QueueRecordAddForm(forms.ModelForm):
+class QueueRecordForm(forms.ModelForm):
     payload = LaunchParametersField(
         label=capfirst(QueueRecord._meta.get_field("payload").verbose_name),
         initial=dict,
@@ -54,7 +54,7 @@ class QueueRecordAddForm(forms.ModelForm):
 
 @admin.register(QueueRecord)
 class QueueRecordAdmin(admin.ModelAdmin):
-    form = QueueRecordAddForm
+    form = QueueRecordForm
     list_display = [
         "id",
         "scenario_name",
@@ -169,7 +169,10 @@ class QueueRecordAdmin(admin.ModelAdmin):
             format_html_join(
                 ", ",
                 '<a href="/admin/runs/testrun/{}/change/">#{} run {} ({})</a>',
-                ((a.run_id, a.start_number, a.run_id, a.run.status) for a in attempts),
+                (
+                    (a.run_id, a.start_number, a.run_id, a.run.get_status_display())
+                    for a in attempts
+                ),
             )
             or "—"
         )

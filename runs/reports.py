@@ -115,7 +115,7 @@ _STEP_LABELS = dict(StepStatus.choices)
 def _report_step(step: StepResult) -> dict:
     return {
         "step": step,
-        "failed": step.status in ("FAILED", "ERROR"),
+        "failed": step.status in (StepStatus.FAILED, StepStatus.ERROR),
         "duration": format_duration(None if step.duration_ms is None else step.duration_ms / 1000),
         "started": format_time(step.started_at),
         "request": _json(step.request) if step.request else "",
