@@ -410,10 +410,13 @@ def test_times_show_seconds_and_the_zone_in_the_admin_the_errors_and_the_reports
 
 
 def test_the_run_page_is_a_report_with_failures_first_and_every_step_in_place(admin_client, data):
-    run = data["runs"][RunStatus.FAILED]
+    run = data["runs"][RunStatus.FAILED]  # attempt 1: step "first" ERROR, then a crash
+    StepResult.objects.create(
+        run=run, attempt=2, position=0, name="first", plugin="delay", status="FAILED", error="no"
+    )
     StepResult.objects.create(
         run=run,
-        attempt=1,
+        attempt=2,
         position=1,
         name="clean up",
         plugin="delay",
@@ -426,6 +429,10 @@ def test_the_run_page_is_a_report_with_failures_first_and_every_step_in_place(ad
     page = admin_client.get(reverse("admin:runs_testrun_change", args=[run.pk])).content.decode()
 
     report = page[page.index('id="run-report"') :]
+    failures = report[report.index('id="failures"') : report.index("<h2>Attempt 1")]
+    assert 'href="#step-2-0"' in failures and "#step-1-0" not in failures  # the latest attempt
+    assert "interrupted; a later attempt ran the run again" in report
+    assert report.index("<h2>Attempt 1") < report.index("<h2>Attempt 2")
     assert report.index('id="failures"') < report.index('<details class="step failed"')
     assert report.index('<details class="step failed"') < report.index("clean up")
     assert '<span class="tag">finally</span>' in report
