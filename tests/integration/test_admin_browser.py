@@ -176,6 +176,9 @@ def test_every_admin_page_fits_1280_px_and_shows_what_matters(
     assert page.locator("details.step[open]").count() == 1  # the failed step, open in place
     page.locator("details.step").first.locator("summary").click()
     assert page.locator("details.step[open]").count() == 2
+    page.emulate_media(color_scheme="dark")  # the admin's dark theme: the report follows it
+    _look(page, live_server, f"/admin/runs/testrun/{failed.id}/change/", shots, "run_dark")
+    page.emulate_media(color_scheme="light")
 
     text = _look(page, live_server, "/admin/runs/stepresult/", shots, "steps")
     assert "4 step results" in text and "182 ms" in text
