@@ -120,6 +120,8 @@ LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One time format in every language, with seconds and the zone (orchestra/formats/).
+FORMAT_MODULE_PATH = ["orchestra.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

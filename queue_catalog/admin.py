@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from orchestra.roles import OPERATE_PERMISSION
+from orchestra.times import elapsed, format_age, format_duration
 from queue_catalog import services
 from queue_catalog.models import QueueRecord
 from queue_catalog.states import RecordStatus
@@ -19,22 +23,50 @@ STATUS_COLOURS = {
 STOPPING_COLOUR = "#fd7e14"  # running, cancel requested
 
 
+class LaunchParametersField(forms.JSONField):
+    """Launch parameters: any JSON object, {} included; never null, a list or a number."""
+
+    def __init__(self, **kwargs) -> None:
+        # {} is "empty" to Django's JSONField, which would call it missing: the object check
+        # below is the requirement instead.
+        super().__init__(**{**kwargs, "required": False})
+
+    def validate(self, value) -> None:
+        super().validate(value)
+        if not isinstance(value, dict):
+            raise forms.ValidationError(
+                _("Enter a JSON object, for example {}."), code="not_an_object"
+            )
+
+
+class QueueRecordForm(forms.ModelForm):
+    payload = LaunchParametersField(
+        label=capfirst(QueueRecord._meta.get_field("payload").verbose_name),
+        initial=dict,
+        help_text=QueueRecord._meta.get_field("payload").help_text,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 80, "style": "font-family:monospace"}),
+    )
+
+    class Meta:
+        model = QueueRecord
+        fields = ["scenario", "payload", "priority", "max_attempts"]
+
+
 @admin.register(QueueRecord)
 class QueueRecordAdmin(admin.ModelAdmin):
+    form = QueueRecordForm
     list_display = [
         "id",
-        "scenario",
+        "scenario_name",
         "coloured_status",
         "start_count",
-        "process_code",
-        "started_at",
-        "finished_at",
-        "priority",
-        "created_at",
+        "process_code_display",
+        "duration",
+        "age",
     ]
     list_filter = ["status", "scenario", "priority", "created_at"]
     search_fields = ["scenario__name", "payload"]
-    list_select_related = ["scenario"]
+    list_select_related = ["scenario", "current_run"]
     actions = ["cancel_records", "retry_records", "move_records_to_front"]
     fieldsets = [
         (_("Run"), {"fields": ["scenario", "payload", "priority", "max_attempts"]}),
@@ -43,7 +75,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
             {
                 "fields": [
                     "status",
-                    "process_code",
+                    "process_code_display",
                     "started_at",
                     "finished_at",
                     "start_count",
@@ -58,7 +90,7 @@ class QueueRecordAdmin(admin.ModelAdmin):
     ]
     readonly_fields = [
         "status",
-        "process_code",
+        "process_code_display",
         "started_at",
         "finished_at",
         "start_count",
@@ -68,6 +100,10 @@ class QueueRecordAdmin(admin.ModelAdmin):
         "runs_display",
         "created_at",
     ]
+
+    def get_fieldsets(self, request, obj=None):
+        # A record being added has no execution yet: only what it runs.
+        return self.fieldsets if obj else self.fieldsets[:1]
 
     def save_model(self, request, obj, form, change):
         # A record added here goes through the queue's service, like one added by the API: its
@@ -88,9 +124,43 @@ class QueueRecordAdmin(admin.ModelAdmin):
         colour = STOPPING_COLOUR if record.is_stopping else STATUS_COLOURS[record.status]
         return format_html('<b style="color:{}">{}</b>', colour, record.status_text)
 
+    @admin.display(description=_("process code"), ordering="current_run")
+    def process_code_display(self, record: QueueRecord):
+        """The current run, linked, and the worker (owner) executing it, on one line."""
+        run = record.current_run
+        if run is None:
+            return record.process_code or "—"
+        link = format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:runs_testrun_change", args=[run.pk]),
+            _("run %(id)s") % {"id": run.pk},
+        )
+        if not run.worker:
+            return link
+        return format_html(
+            '{} · <span style="overflow-wrap:anywhere">{} {}</span>', link, _("owner"), run.worker
+        )
+
+    @admin.display(description=_("scenario"), ordering="scenario__name")
+    def scenario_name(self, record: QueueRecord) -> str:
+        # Not the foreign key itself: the admin keeps a key's column on one line, however long.
+        return record.scenario.name
+
+    @admin.display(description=_("duration"))
+    def duration(self, record: QueueRecord) -> str:
+        return format_duration(elapsed(record.started_at, record.finished_at))
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def age(self, record: QueueRecord):
+        return format_age(record.created_at)
+
     @admin.display(description=_("errors"))
     def errors_display(self, record: QueueRecord):
-        return format_html("<pre>{}</pre>", record.errors_text) if record.errors else "—"
+        if not record.errors:
+            return "—"
+        return format_html(
+            '<pre style="margin:0; white-space:pre-wrap">{}</pre>', record.errors_text
+        )
 
     @admin.display(description=_("runs"))
     def runs_display(self, record: QueueRecord):
@@ -99,7 +169,10 @@ class QueueRecordAdmin(admin.ModelAdmin):
             format_html_join(
                 ", ",
                 '<a href="/admin/runs/testrun/{}/change/">#{} run {} ({})</a>',
-                ((a.run_id, a.start_number, a.run_id, a.run.status) for a in attempts),
+                (
+                    (a.run_id, a.start_number, a.run_id, a.run.get_status_display())
+                    for a in attempts
+                ),
             )
             or "—"
         )

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from orchestra.times import format_time
 from queue_catalog.states import RecordStatus
 from runs.models import Priority, Scenario, TestRun
 
@@ -76,7 +77,7 @@ class QueueRecord(models.Model):
 
     class Meta:
         verbose_name = _("queue record")
-        verbose_name_plural = _("queue")
+        verbose_name_plural = _("queue records")
         ordering = ["-id"]
         constraints = [
             # The lane guarantee lives in the database, not only in code.
@@ -118,7 +119,8 @@ class QueueRecord(models.Model):
     def errors_text(self) -> str:
         """The errors as the original catalog's multi-line text."""
         return "\n".join(
-            f"#{entry['attempt']} {entry['at']}: {entry['message']}" for entry in self.errors
+            f"#{entry['attempt']} {format_time(entry['at'])}: {entry['message']}"
+            for entry in self.errors
         )
 
 

@@ -151,7 +151,11 @@ def _settle_failed_locked(record: QueueRecord, run_status: str, error: str) -> N
     """A RUNNING record whose run did not pass: CANCELLED, re-run after backoff, or ERROR."""
     errors = [
         *record.errors,
-        {"attempt": record.start_count, "at": timezone.now().isoformat(), "message": error},
+        {
+            "attempt": record.start_count,
+            "at": timezone.now().isoformat(timespec="seconds"),
+            "message": error,
+        },
     ]
     if run_status == RunStatus.CANCELLED:
         transition_record(record.id, to=RecordStatus.CANCELLED, finished_at=Now())

@@ -17,10 +17,11 @@ from django.db import models
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from orchestra.roles import OPERATE_PERMISSION
+from orchestra.times import elapsed, format_age, format_duration
 from runs import deadletters, services
 from runs.models import (
     DeadLetter,
@@ -30,6 +31,7 @@ from runs.models import (
     StepStatus,
     TestRun,
 )
+from runs.reports import run_report
 from runs.states import RunStatus
 
 RUN_STATUS_COLOURS = {
@@ -60,14 +62,27 @@ def _pretty_json(value: Any):
     if value in (None, {}, []):
         return "—"
     text = json.dumps(value, indent=2, ensure_ascii=False)
-    return format_html('<pre style="margin:0; white-space:pre-wrap">{}</pre>', text)
+    return _preformatted(text)
 
 
-def _run_link(run_id: int | None):
+def _yes_no(value: bool) -> str:
+    # Plain words: the admin's boolean icons paint "no" as a red cross, read as a failure.
+    return gettext("yes") if value else gettext("no")
+
+
+def _preformatted(text: str):
+    # Wrapped anywhere: one long word (an encoded body, a token) must not widen the page.
+    return format_html(
+        '<pre style="margin:0; white-space:pre-wrap; overflow-wrap:anywhere">{}</pre>', text
+    )
+
+
+def _run_link(run_id: int | None, scenario_name: str = ""):
     if run_id is None:
         return "—"
     url = reverse("admin:runs_testrun_change", args=[run_id])
-    return format_html('<a href="{}">{}</a>', url, _("run %(id)s") % {"id": run_id})
+    link = format_html('<a href="{}">{}</a>', url, _("run %(id)s") % {"id": run_id})
+    return format_html("{} {}", link, scenario_name) if scenario_name else link
 
 
 class PrettyJSONFormField(forms.JSONField):
@@ -179,50 +194,12 @@ class ReadOnlyAdminMixin:
         return False
 
 
-class StepResultInline(ReadOnlyAdminMixin, admin.TabularInline):
-    model = StepResult
-    fields = [
-        "attempt",
-        "position",
-        "name",
-        "plugin",
-        "is_cleanup",
-        "coloured_status",
-        "duration_ms",
-        "short_error",
-    ]
-    readonly_fields = fields
-    ordering = ["attempt", "position"]
-    extra = 0
-    show_change_link = True
-    verbose_name_plural = _("step results (every attempt, in order)")
-
-    @admin.display(description=_("status"))
-    def coloured_status(self, step: StepResult):
-        return _coloured(STEP_STATUS_COLOURS[step.status], step.get_status_display())
-
-    @admin.display(description=_("error"))
-    def short_error(self, step: StepResult) -> str:
-        return Truncator(step.error).chars(200) or "—"
-
-
 @admin.register(TestRun)
 class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = [
-        "id",
-        "scenario",
-        "coloured_status",
-        "priority",
-        "attempt",
-        "worker",
-        "queued_at",
-        "started_at",
-        "finished_at",
-    ]
+    list_display = ["id", "scenario_name", "coloured_status", "priority", "duration", "age"]
     list_filter = ["status", "priority", "scenario"]
     search_fields = ["=id", "scenario__name", "worker", "error"]
     list_select_related = ["scenario"]
-    inlines = [StepResultInline]
     actions = ["cancel_runs", "rerun_runs"]
     fieldsets = [
         (
@@ -242,7 +219,7 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             {
                 "fields": [
                     "attempt",
-                    "worker",
+                    "owner",
                     "lease_expires_at",
                     "deadline_at",
                     "cancel_requested_at",
@@ -261,6 +238,7 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = [
         "coloured_status",
+        "owner",
         "context_display",
         "definition_display",
         "reports_display",
@@ -269,6 +247,30 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, run: TestRun):
         return _coloured(RUN_STATUS_COLOURS[run.status], run.get_status_display())
+
+    @admin.display(description=_("scenario"), ordering="scenario__name")
+    def scenario_name(self, run: TestRun) -> str:
+        # Not the foreign key itself: the admin keeps a key's column on one line, however long.
+        return run.scenario.name
+
+    @admin.display(description=_("owner"))
+    def owner(self, run: TestRun) -> str:
+        # The worker executing the run (host:pid); a queue record's process code is the run.
+        return run.worker or "—"
+
+    @admin.display(description=_("duration"))
+    def duration(self, run: TestRun) -> str:
+        return format_duration(elapsed(run.started_at, run.finished_at))
+
+    @admin.display(description=_("queued"), ordering="queued_at")
+    def age(self, run: TestRun):
+        return format_age(run.queued_at)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The stored fields, under the run's report: failures first, then every step."""
+        run = self.get_object(request, object_id)
+        context = {**(extra_context or {}), "report": run_report(run) if run else None}
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     @admin.display(description=_("reports"))
     def reports_display(self, run: TestRun):
@@ -357,17 +359,16 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "run_link",
-        "attempt",
         "position",
         "name",
         "plugin",
         "coloured_status",
-        "duration_ms",
-        "started_at",
+        "duration",
+        "age",
     ]
     list_filter = ["status", "plugin", "is_cleanup"]
     search_fields = ["=run__id", "name", "error"]
-    list_select_related = ["run"]
+    list_select_related = ["run__scenario"]
     fieldsets = [
         (
             None,
@@ -378,7 +379,7 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "position",
                     "name",
                     "plugin",
-                    "is_cleanup",
+                    "cleanup_display",
                     "coloured_status",
                     "started_at",
                     "finished_at",
@@ -402,6 +403,7 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = [
         "run_link",
+        "cleanup_display",
         "coloured_status",
         "request_display",
         "response_display",
@@ -412,7 +414,19 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("run"), ordering="run")
     def run_link(self, step: StepResult):
-        return _run_link(step.run_id)
+        return _run_link(step.run_id, step.run.scenario.name)
+
+    @admin.display(description=_("finally step"))
+    def cleanup_display(self, step: StepResult) -> str:
+        return _yes_no(step.is_cleanup)
+
+    @admin.display(description=_("duration"), ordering="duration_ms")
+    def duration(self, step: StepResult) -> str:
+        return format_duration(None if step.duration_ms is None else step.duration_ms / 1000)
+
+    @admin.display(description=_("started"), ordering="started_at")
+    def age(self, step: StepResult):
+        return format_age(step.started_at)
 
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, step: StepResult):
@@ -443,13 +457,12 @@ class StepResultAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 class DeadLetterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "id",
-        "created_at",
+        "age",
         "task",
         "run_link",
         "short_reason",
         "coloured_status",
-        "received",
-        "redriven_at",
+        "received_display",
     ]
     list_filter = ["status", "received", "task"]
     search_fields = ["task_id", "=run_id_hint", "reason"]
@@ -459,14 +472,20 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "run_link",
         "reason",
         "coloured_status",
-        "received",
+        "received_display",
         "created_at",
         "redriven_at",
         "content_type",
         "headers_display",
-        "body",
+        "body_display",
     ]
-    readonly_fields = ["run_link", "coloured_status", "headers_display"]
+    readonly_fields = [
+        "run_link",
+        "coloured_status",
+        "received_display",
+        "headers_display",
+        "body_display",
+    ]
     actions = ["redrive"]
 
     @admin.display(description=_("run"), ordering="run_id_hint")
@@ -475,15 +494,27 @@ class DeadLetterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("reason"))
     def short_reason(self, letter: DeadLetter) -> str:
-        return Truncator(letter.reason).chars(120) or "—"
+        return Truncator(letter.reason).chars(100) or "—"
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def age(self, letter: DeadLetter):
+        return format_age(letter.created_at)
 
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, letter: DeadLetter):
         return _coloured(DEAD_LETTER_STATUS_COLOURS[letter.status], letter.get_status_display())
 
+    @admin.display(description=_("drained from the broker"), ordering="received")
+    def received_display(self, letter: DeadLetter) -> str:
+        return _yes_no(letter.received)
+
     @admin.display(description=_("headers"))
     def headers_display(self, letter: DeadLetter):
         return _pretty_json(letter.headers)
+
+    @admin.display(description=_("body"))
+    def body_display(self, letter: DeadLetter):
+        return _preformatted(letter.body) if letter.body else "—"
 
     def has_operate_permission(self, request) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)

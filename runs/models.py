@@ -132,7 +132,7 @@ class TestRun(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"run {self.pk} of {self.scenario_id} ({self.status})"
+        return f"run {self.pk} of {self.scenario.name} ({self.status})"
 
     @property
     def is_finished(self) -> bool:

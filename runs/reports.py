@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC
 from xml.etree import ElementTree
 
 from django.template.loader import render_to_string
+from django.utils.translation import gettext_lazy as _
 
-from runs.models import StepResult, TestRun
+from orchestra.times import elapsed, format_duration, format_time
+from runs.models import StepResult, StepStatus, TestRun
 from runs.selectors import latest_attempt_steps
 
 # Characters outside XML 1.0's ``Char`` production: most C0 controls, lone surrogates, U+FFFE and
@@ -64,7 +67,8 @@ def run_junit_xml(run: TestRun) -> str:
         name=run.scenario.name,
         id=str(run.id),
         time=f"{total:.3f}",
-        timestamp=(run.started_at or run.queued_at).isoformat(),
+        # JUnit's timestamp is ISO 8601; to the second and in UTC, like every time orchestra shows.
+        timestamp=(run.started_at or run.queued_at).astimezone(UTC).isoformat(timespec="seconds"),
         hostname=run.worker.rpartition(":")[0] or "unknown",
         **{k: str(v) for k, v in counts.items()},
     )
@@ -111,31 +115,68 @@ def run_junit_xml(run: TestRun) -> str:
     )
 
 
+def _json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+_STEP_LABELS = dict(StepStatus.choices)
+
+
+def _report_step(step: StepResult) -> dict:
+    return {
+        "step": step,
+        "failed": step.status in (StepStatus.FAILED, StepStatus.ERROR),
+        "duration": format_duration(None if step.duration_ms is None else step.duration_ms / 1000),
+        "started": format_time(step.started_at),
+        "request": _json(step.request) if step.request else "",
+        "response": _json(step.response) if step.response else "",
+        "captures": _json(step.captures) if step.captures else "",
+        "assertions": [
+            {
+                **assertion,
+                "expected": _json(assertion.get("expected")),
+                "actual": _json(assertion.get("actual")),
+            }
+            for assertion in step.assertions
+        ],
+        "tries": [
+            {
+                **item,
+                "label": _STEP_LABELS.get(item.get("status"), item.get("status", "")),
+                "duration": format_duration((item.get("duration_ms") or 0) / 1000),
+            }
+            for item in step.tries
+        ],
+    }
+
+
+def run_report(run: TestRun) -> dict:
+    """What a run's report shows, for the HTML report and the admin's run page alike: a summary,
+    the failures of the latest attempt first, then every attempt's steps. Everything shown was
+    redacted when it was stored."""
+    steps = [_report_step(step) for step in run.steps.order_by("attempt", "position")]
+    latest = max((item["step"].attempt for item in steps), default=0)
+    attempts = sorted({item["step"].attempt for item in steps})
+    return {
+        "run": run,
+        "duration": format_duration(elapsed(run.started_at, run.finished_at)),
+        "times": [
+            (_("queued"), format_time(run.queued_at)),
+            (_("started"), format_time(run.started_at)),
+            (_("finished"), format_time(run.finished_at)),
+        ],
+        "failures": [item for item in steps if item["failed"] and item["step"].attempt == latest],
+        "attempts": [
+            {
+                "number": number,
+                "latest": number == latest,
+                "steps": [item for item in steps if item["step"].attempt == number],
+            }
+            for number in attempts
+        ],
+    }
+
+
 def run_html_report(run: TestRun) -> str:
     """A self-contained HTML page (inline CSS, no scripts) with every attempt's steps."""
-    steps = list(run.steps.order_by("attempt", "position"))
-    attempts = sorted({step.attempt for step in steps})
-    return printable(
-        render_to_string(
-            "runs/report.html",
-            {
-                "run": run,
-                "attempts": [
-                    {
-                        "number": number,
-                        "steps": [
-                            {
-                                "step": step,
-                                "request": json.dumps(step.request, indent=2, ensure_ascii=False),
-                                "response": json.dumps(step.response, indent=2, ensure_ascii=False),
-                                "captures": json.dumps(step.captures, indent=2, ensure_ascii=False),
-                            }
-                            for step in steps
-                            if step.attempt == number
-                        ],
-                    }
-                    for number in attempts
-                ],
-            },
-        )
-    )
+    return printable(render_to_string("runs/report.html", run_report(run)))

@@ -8,7 +8,8 @@ from queue_catalog.models import QueueRecord
 def test_queue_labels_are_the_original_catalog_in_russian():
     with translation.override("ru"):
         meta = QueueRecord._meta
-        assert str(meta.verbose_name_plural) == "Очередь"
+        assert str(meta.verbose_name_plural) == "записи очереди"
+        assert str(meta.app_config.verbose_name) == "Очередь"
         assert [str(label) for _, label in meta.get_field("status").choices] == [
             "Запланировано",
             "Исполнение",

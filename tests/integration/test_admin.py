@@ -3,7 +3,8 @@ the actions change state through the same services as the API (and only for oper
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from xml.etree import ElementTree
 
 import pytest
 from django.contrib import admin
@@ -252,3 +253,188 @@ def test_a_run_page_links_its_reports_and_they_open_for_an_admin_user(admin_clie
     for path in (f"/api/runs/{run.pk}/report/", f"/api/runs/{run.pk}/junit/"):
         assert f'href="{path}"' in page
         assert admin_client.get(path).status_code == 200  # the admin session is enough
+
+
+def test_a_run_is_titled_with_the_name_of_its_scenario(data):
+    run = data["runs"][RunStatus.PASSED]
+
+    assert str(run) == f"run {run.pk} of checkout (PASSED)"
+
+
+@pytest.mark.parametrize(
+    ("language", "count", "text"),
+    [
+        ("en", 1, "1 queue record"),
+        ("en", 14, "14 queue records"),
+        ("ru", 1, "1 запись очереди"),
+        ("ru", 3, "3 записи очереди"),
+        ("ru", 14, "14 записей очереди"),
+        ("ru", 21, "21 запись очереди"),
+    ],
+)
+def test_the_queue_counts_its_records_in_the_plural_form_of_each_language(
+    admin_client, db, language, count, text
+):
+    scenario = make_scenario(name="counted")
+    QueueRecord.objects.bulk_create(
+        QueueRecord(scenario=scenario, payload={"n": n}) for n in range(count)
+    )
+
+    page = admin_client.get(
+        reverse("admin:queue_catalog_queuerecord_changelist"), HTTP_ACCEPT_LANGUAGE=language
+    ).content.decode()
+
+    assert f"\n{text}\n" in page
+    delete = {"en": "Delete selected queue records", "ru": "Удалить выбранные записи очереди"}
+    assert delete[language] in page
+    assert "14 queue\n" not in page and "Очередь\n" not in page.split('id="changelist"')[1]
+
+
+@pytest.mark.parametrize(
+    ("model", "language", "text"),
+    [
+        ("testrun", "en", "6 test runs"),
+        ("testrun", "ru", "6 тестовых запусков"),
+        ("stepresult", "en", "6 step results"),
+        ("stepresult", "ru", "6 результатов шагов"),
+        ("deadletter", "en", "1 dead letter"),
+        ("deadletter", "ru", "1 недоставленное сообщение"),
+        ("scenario", "en", "6 scenarios"),
+        ("scenario", "ru", "6 сценариев"),
+    ],
+)
+def test_every_list_counts_in_the_plural_form_of_its_language(
+    admin_client, data, model, language, text
+):
+    page = admin_client.get(
+        reverse(f"admin:runs_{model}_changelist"), HTTP_ACCEPT_LANGUAGE=language
+    ).content.decode()
+
+    assert f"\n{text}\n" in page
+
+
+def test_the_add_form_starts_with_an_empty_object_and_accepts_it(admin_client, db):
+    scenario = make_scenario(name="empty-payload")
+    url = reverse("admin:queue_catalog_queuerecord_add")
+
+    form = admin_client.get(url).content.decode()
+
+    assert "\n{}</textarea>" in form and "null</textarea>" not in form
+    for hidden in ("Execution", "Start count", "Process code", "Service information"):
+        assert hidden not in form
+    response = admin_client.post(
+        url, {"scenario": scenario.pk, "payload": "{}", "priority": "normal", "max_attempts": 5}
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert QueueRecord.objects.get(scenario=scenario).payload == {}
+
+
+@pytest.mark.parametrize("payload", ["null", "[1, 2]", "7", '"text"', ""])
+def test_the_add_form_refuses_launch_parameters_that_are_not_an_object(admin_client, db, payload):
+    scenario = make_scenario(name="bad-payload")
+
+    response = admin_client.post(
+        reverse("admin:queue_catalog_queuerecord_add"),
+        {"scenario": scenario.pk, "payload": payload, "priority": "normal", "max_attempts": 5},
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["payload"] == [
+        "Enter a JSON object, for example {}."
+    ]
+    assert not QueueRecord.objects.filter(scenario=scenario).exists()
+
+
+def test_the_process_code_links_its_run_and_names_its_owner_on_the_same_line(admin_client, db):
+    scenario = make_scenario(name="owned")
+    run = TestRun.objects.create(
+        scenario=scenario, definition=scenario.definition, worker="worker-3:4711"
+    )
+    record = QueueRecord.objects.create(
+        scenario=scenario,
+        payload={},
+        status=RecordStatus.RUNNING,
+        current_run=run,
+        process_code=str(run.pk),
+    )
+    line = (
+        f'<a href="/admin/runs/testrun/{run.pk}/change/">run {run.pk}</a> · '
+        '<span style="overflow-wrap:anywhere">owner worker-3:4711</span>'
+    )
+
+    detail = admin_client.get(reverse("admin:queue_catalog_queuerecord_change", args=[record.pk]))
+    listing = admin_client.get(reverse("admin:queue_catalog_queuerecord_changelist"))
+
+    assert line in detail.content.decode()
+    assert line in listing.content.decode()
+
+
+def test_times_show_seconds_and_the_zone_in_the_admin_the_errors_and_the_reports(admin_client, db):
+    at = datetime(2026, 12, 2, 2, 41, 7, 123456, tzinfo=UTC)
+    scenario = make_scenario(name="timed")
+    run = TestRun.objects.create(
+        scenario=scenario,
+        definition=scenario.definition,
+        status=RunStatus.PASSED,
+        started_at=at,
+        finished_at=at + timedelta(seconds=2.5),
+    )
+    TestRun.objects.filter(pk=run.pk).update(queued_at=at)
+    StepResult.objects.create(
+        run=run, attempt=0, position=0, name="wait", plugin="delay", status="PASSED", started_at=at
+    )
+    record = QueueRecord.objects.create(
+        scenario=scenario,
+        payload={},
+        status=RecordStatus.DONE,
+        started_at=at,
+        errors=[{"attempt": 1, "at": at.isoformat(), "message": "step 'wait' failed"}],
+    )
+    shown = "2026-12-02 02:41:07 UTC"
+    pages = {
+        "run": reverse("admin:runs_testrun_change", args=[run.pk]),
+        "record": reverse("admin:queue_catalog_queuerecord_change", args=[record.pk]),
+        "runs": reverse("admin:runs_testrun_changelist"),
+        "report": f"/api/runs/{run.pk}/report/",
+    }
+    for language in ("en", "ru"):
+        for name, url in pages.items():
+            page = admin_client.get(url, HTTP_ACCEPT_LANGUAGE=language).content.decode()
+            assert shown in page, f"{name} ({language})"
+            assert "02:41:07.123456" not in page and "2026-12-02T02:41" not in page, name
+    record_page = admin_client.get(pages["record"]).content.decode()
+    assert f"#1 {shown}: step &#x27;wait&#x27; failed" in record_page
+    assert f'title="{shown}"' in admin_client.get(pages["runs"]).content.decode()  # the age
+    junit = ElementTree.fromstring(admin_client.get(f"/api/runs/{run.pk}/junit/").content)
+    assert junit.find("testsuite").get("timestamp") == "2026-12-02T02:41:07+00:00"
+
+
+def test_the_run_page_is_a_report_with_failures_first_and_every_step_in_place(admin_client, data):
+    run = data["runs"][RunStatus.FAILED]  # attempt 1: step "first" ERROR, then a crash
+    StepResult.objects.create(
+        run=run, attempt=2, position=0, name="first", plugin="delay", status="FAILED", error="no"
+    )
+    StepResult.objects.create(
+        run=run,
+        attempt=2,
+        position=1,
+        name="clean up",
+        plugin="delay",
+        status="PASSED",
+        is_cleanup=True,
+        request={"token": "[REDACTED]"},
+        tries=[{"try": 1, "status": "PASSED", "duration_ms": 1.5, "error": ""}],
+    )
+
+    page = admin_client.get(reverse("admin:runs_testrun_change", args=[run.pk])).content.decode()
+
+    report = page[page.index('id="run-report"') :]
+    failures = report[report.index('id="failures"') : report.index("<h2>Attempt 1")]
+    assert 'href="#step-2-0"' in failures and "#step-1-0" not in failures  # the latest attempt
+    assert "interrupted; a later attempt ran the run again" in report
+    assert report.index("<h2>Attempt 1") < report.index("<h2>Attempt 2")
+    assert report.index('id="failures"') < report.index('<details class="step failed"')
+    assert report.index('<details class="step failed"') < report.index("clean up")
+    assert '<span class="tag">finally</span>' in report
+    assert "[REDACTED]" in report
+    assert "icon-no.svg" not in page  # no red cross for "not a finally step"

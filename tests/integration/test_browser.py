@@ -35,7 +35,9 @@ def queue_in_every_status(transactional_db) -> dict[str, QueueRecord]:
     checkout = make_scenario([delay_step("pay")], name="checkout-flow")
     signup = make_scenario([delay_step("register")], name="user-signup")
     search = make_scenario([delay_step("query")], name="catalog-search")
-    run = TestRun.objects.create(scenario=checkout, definition=checkout.definition)
+    run = TestRun.objects.create(
+        scenario=checkout, definition=checkout.definition, worker="worker-1.example:4242"
+    )
     error = [
         {"attempt": n, "at": now.isoformat(), "message": "pay: status is 503, expected 200"}
         for n in range(1, 6)
@@ -62,6 +64,7 @@ def queue_in_every_status(transactional_db) -> dict[str, QueueRecord]:
             started_at=started,
             finished_at=finished,
             process_code=str(run.id) if starts else "",
+            current_run=run if starts else None,
         )
     User.objects.create_superuser("operator", password="operator-password")
     yield records

@@ -7,7 +7,9 @@ import logging
 import uuid
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
+from django.test import Client
 
 from runs.models import TestRun
 from tests.factories import make_scenario
@@ -100,6 +102,16 @@ def test_a_canary_credential_leaves_no_trace_in_database_api_or_logs(
             f"/api/runs/{run.id}/{path}"
         ).content.decode()
     outputs["GET /api/runs/"] = api_client.get("/api/runs/").content.decode()
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("secrets-admin", password="unused"))
+    for path in [
+        f"/admin/runs/testrun/{run.id}/change/",  # the run's report: every step, expanded
+        *(f"/admin/runs/stepresult/{step.id}/change/" for step in steps),
+    ]:
+        page = admin.get(path)
+        assert page.status_code == 200, path
+        outputs[f"the admin page {path}"] = page.content.decode()
+    assert "[REDACTED]" in outputs[f"the admin page /admin/runs/testrun/{run.id}/change/"]
     for where, text in outputs.items():
         assert token not in text, f"the API token leaked into the {where}"
         assert session not in text, f"the session cookie leaked into the {where}"
