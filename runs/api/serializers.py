@@ -12,7 +12,8 @@ from rest_framework import serializers
 
 from plugins.registry import installed_plugins
 from runs.definition import DefinitionError, validate_definition
-from runs.models import DeadLetter, Priority, Scenario, StepResult, TestRun
+from runs.models import DeadLetter, Priority, Scenario, ScenarioVersion, StepResult, TestRun
+from runs.sources import source_diff
 
 # A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -125,6 +126,13 @@ class DefinitionField(JsonObjectField):
 
 
 class ScenarioSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(
+        source="current_version.number",
+        read_only=True,
+        allow_null=True,
+        help_text="The number of the latest saved version (GET .../versions/).",
+    )
+
     class Meta:
         model = Scenario
         fields = [
@@ -132,11 +140,37 @@ class ScenarioSerializer(serializers.ModelSerializer):
             "name",
             "description",
             "definition",
+            "definition_source",
+            "version",
             "is_active",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "is_active", "created_at", "updated_at"]
+        read_only_fields = ["id", "definition_source", "is_active", "created_at", "updated_at"]
+
+
+class ScenarioVersionSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+    diff = serializers.SerializerMethodField(
+        help_text="Unified diff of `source` from the previous version (empty for version 1)."
+    )
+
+    class Meta:
+        model = ScenarioVersion
+        fields = ["number", "origin", "created_by", "created_at", "source", "definition", "diff"]
+
+    def get_diff(self, version: ScenarioVersion) -> str:
+        if version.previous_source is None:
+            return ""
+        lines = source_diff(
+            version.previous_source,
+            version.source,
+            old_label=f"version {version.number - 1}",
+            new_label=f"version {version.number}",
+        )
+        return "\n".join(lines)
 
 
 class ScenarioInputSerializer(serializers.Serializer):
@@ -188,6 +222,12 @@ class StepResultSerializer(serializers.ModelSerializer):
 class RunSerializer(serializers.ModelSerializer):
     scenario = serializers.SlugRelatedField(slug_field="name", read_only=True)
     scenario_id = serializers.IntegerField(read_only=True)
+    scenario_version = serializers.IntegerField(
+        source="scenario_version.number",
+        read_only=True,
+        allow_null=True,
+        help_text="The scenario version the run executed (null: a run older than versions).",
+    )
 
     class Meta:
         model = TestRun
@@ -195,6 +235,7 @@ class RunSerializer(serializers.ModelSerializer):
             "id",
             "scenario",
             "scenario_id",
+            "scenario_version",
             "status",
             "priority",
             "context",
