@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
@@ -8,6 +9,8 @@ from orchestra.roles import OPERATE_PERMISSION
 from queue_catalog import services
 from queue_catalog.models import QueueRecord
 from queue_catalog.states import RecordStatus
+from runs.admin import Launch, register_launch
+from runs.models import Scenario
 
 STATUS_COLOURS = {
     RecordStatus.SCHEDULED: "#6c757d",
@@ -17,6 +20,16 @@ STATUS_COLOURS = {
     RecordStatus.CANCELLED: "#adb5bd",
 }
 STOPPING_COLOUR = "#fd7e14"  # running, cancel requested
+
+
+def _enqueue(*, scenario: Scenario, payload: dict, priority: str) -> str:
+    record = services.queue_record_create(scenario=scenario, payload=payload, priority=priority)
+    return reverse("admin:queue_catalog_queuerecord_change", args=[record.id])
+
+
+register_launch(
+    "queue", Launch(_("add a queue record (its lane runs one at a time, re-runs)"), _enqueue)
+)
 
 
 @admin.register(QueueRecord)
