@@ -28,7 +28,8 @@ def _enqueue(*, scenario: Scenario, payload: dict, priority: str) -> str:
 
 
 register_launch(
-    "queue", Launch(_("add a queue record (its lane runs one at a time, re-runs)"), _enqueue)
+    "queue",
+    Launch(_("add a queue record (one at a time in its lane, re-run on failure)"), _enqueue),
 )
 
 

@@ -18,7 +18,7 @@ from queue_catalog.models import QueueRecord
 from queue_catalog.services import queue_record_create
 from runs.models import Scenario, ScenarioVersion, TestRun, VersionOrigin
 from runs.services import run_start, scenario_update
-from runs.states import RunStatus
+from tests.conftest import make_api_client
 from tests.factories import delay_step, make_scenario
 
 pytestmark = pytest.mark.integration
@@ -156,6 +156,10 @@ def test_the_run_page_and_the_api_show_the_runs_version(admin_client, db):
 
     versions_url = reverse("admin:runs_scenario_versions", args=[scenario.id])
     assert f'<a href="{versions_url}?to=1">v1</a>' in page
+    api = make_api_client("viewer")
+    assert api.get(f"/api/runs/{run.id}/").json()["scenario_version"] == 1
+    assert api.get("/api/runs/").json()["results"][0]["scenario_version"] == 1
+    assert api.get(f"/api/scenarios/{scenario.id}/").json()["version"] == 1
 
 
 def test_the_versions_page_shows_the_diff_between_two_versions(admin_client, db):
@@ -267,7 +271,7 @@ def test_the_scenario_page_shows_pass_rate_median_duration_and_recent_runs(histo
     stats = page.context["stats"]
     assert (stats.runs, stats.passed, stats.median_seconds) == (7, 5, pytest.approx(4.0))
     html = page.content.decode()
-    assert "71 %" in html and "4.00 s" in html
+    assert "71 %" in html and "4.0 s" in html
     assert len(page.context["recent_runs"]) == 9
     assert page.context["form"] is None  # a viewer may not start anything
     assert "Run with payload" not in html
