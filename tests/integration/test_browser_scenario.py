@@ -65,7 +65,7 @@ def test_an_operator_reads_the_scenario_page_and_starts_a_run_with_a_payload(
     page,  # noqa: F811 - the imported fixture
     tmp_path,
 ):
-    page.set_viewport_size({"width": WIDTH, "height": 800})
+    page.set_viewport_size({"width": WIDTH, "height": 1200})
     page.goto(f"{live_server.url}/admin/login/?next=/admin/runs/scenario/{checkout.id}/page/")
     page.fill("#id_username", "operator")
     page.fill("#id_password", "operator-password")
