@@ -5,11 +5,13 @@ the scenario page (stats, recent runs, "run with payload")."""
 from __future__ import annotations
 
 import io
+import threading
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -68,6 +70,50 @@ def test_an_admin_edit_keeps_the_yaml_with_its_comments_as_a_new_version(db):
     assert (latest.number, latest.source, latest.created_by) == (2, YAML_V2, operator.user)
     page = operator.get(reverse("admin:runs_scenario_change", args=[scenario.pk]))
     assert "# the slow one" in page.content.decode()
+
+
+def test_a_scenario_added_in_the_admin_starts_at_version_one(db):
+    operator = staff("operator")
+
+    response = operator.post(
+        reverse("admin:runs_scenario_add"),
+        {"name": "added", "description": "", "definition_source": YAML_V1, "is_active": "on"},
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    scenario = Scenario.objects.get(name="added")
+    assert versions(scenario) == [(1, VersionOrigin.ADMIN)]
+    assert scenario.definition_source == YAML_V1 and scenario.current_version.source == YAML_V1
+
+
+def test_concurrent_saves_of_one_scenario_number_their_versions_one_by_one(transactional_db):
+    scenario = make_scenario([delay_step("pay")], name="contended")
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def save(seconds: float) -> None:
+        try:
+            barrier.wait(timeout=10)
+            scenario_update(
+                scenario=Scenario.objects.get(id=scenario.id),
+                definition={"steps": [delay_step("pay", seconds)]},
+            )
+        except Exception as exc:  # reported below, with the others
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=save, args=(n / 100,)) for n in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert errors == []
+    assert [number for number, _ in versions(scenario)] == [1, 2, 3, 4, 5]
+    scenario.refresh_from_db()
+    assert scenario.current_version.number == 5
+    assert scenario.current_version.definition == scenario.definition
 
 
 def test_an_admin_save_that_changes_only_the_description_keeps_the_version(db):
