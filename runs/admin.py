@@ -111,9 +111,9 @@ class DefinitionSourceField(forms.CharField):
 
 class ScenarioAdminForm(forms.ModelForm):
     definition_source = DefinitionSourceField(
-        label=_("definition (YAML)"),
+        label=_("Definition (YAML)"),
         help_text=_(
-            "Steps and finally steps in YAML; comments and layout are kept, and every save "
+            "Steps and finally steps in YAML; comments and layout are kept, and every change "
             "is kept as a version."
         ),
     )
@@ -129,7 +129,8 @@ class ScenarioAdminForm(forms.ModelForm):
 
     def clean_definition_source(self) -> str:
         """Read the YAML and validate the definition: each problem names its step and field."""
-        text = self.cleaned_data["definition_source"]
+        # Browsers send a textarea's lines ending in CRLF; files and the API use LF.
+        text = self.cleaned_data["definition_source"].replace("\r\n", "\n")
         try:
             definition = definition_from_source(text)
             validate_definition(definition)

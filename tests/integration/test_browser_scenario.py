@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from runs.models import Scenario, TestRun
 from runs.services import scenario_update
+from runs.sources import definition_from_source
 from tests.conftest import purge_queues
 from tests.factories import delay_step, make_scenario
 from tests.integration.test_browser import page  # noqa: F401 - the browser fixture
@@ -25,6 +26,16 @@ pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 WIDTH = 1280
+SOURCE = """\
+# The shop's checkout: pay, then confirm.
+steps:
+  - name: pay
+    plugin: delay
+    with: {seconds: 0}
+  - name: confirm   # the shop confirms within 10 ms
+    plugin: delay
+    with: {seconds: 0.01}
+"""
 
 
 @pytest.fixture
@@ -33,7 +44,8 @@ def checkout(transactional_db) -> Scenario:
     scenario = make_scenario([delay_step("pay")], name="checkout-flow")
     scenario_update(
         scenario=scenario,
-        definition={"steps": [delay_step("pay"), delay_step("confirm", 0.01)]},
+        definition=definition_from_source(SOURCE),
+        source=SOURCE,
         description="Pays an order and confirms it.",
     )
     now = timezone.now()
@@ -96,8 +108,43 @@ def test_an_operator_reads_the_scenario_page_and_starts_a_run_with_a_payload(
 
     page.click("text=v2")
     page.wait_for_selector("pre.source-diff")
-    assert "+- name: confirm" in page.inner_text("pre.source-diff >> nth=0")
+    assert "+  - name: confirm   # the shop confirms within 10 ms" in page.inner_text(
+        "pre.source-diff >> nth=0"
+    )
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
     shot = screenshot_path(tmp_path, "admin-scenario-versions.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_an_operator_edits_the_yaml_sees_the_step_at_fault_then_saves_a_version(
+    live_server,
+    checkout,
+    page,  # noqa: F811 - the imported fixture
+    tmp_path,
+):
+    page.set_viewport_size({"width": WIDTH, "height": 1200})
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/runs/scenario/{checkout.id}/change/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "operator-password")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#id_definition_source")
+    assert page.input_value("#id_definition_source") == SOURCE
+
+    page.fill("#id_definition_source", SOURCE.replace("seconds: 0.01", "seconds: -1"))
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errorlist")
+    assert "steps[1] (confirm): with.seconds" in page.inner_text(".errorlist")
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+    shot = screenshot_path(tmp_path, "admin-scenario-edit.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    edited = SOURCE.replace("seconds: 0.01", "seconds: 0.02") + "# slower since the fix\n"
+    page.fill("#id_definition_source", edited)
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist")
+    checkout.refresh_from_db()
+    assert checkout.current_version.number == 3
+    assert checkout.definition_source == edited
+    assert page.input_value("#id_definition_source") == edited

@@ -417,3 +417,16 @@ def test_version_one_is_kept_for_scenarios_older_than_versions(db):
     assert scenario.current_version.number == 1
     assert scenario.current_version.origin == VersionOrigin.MIGRATION
     assert "- name: pay" in scenario.definition_source
+
+
+def test_a_scenario_without_runs_can_still_be_deleted_with_its_versions(admin_client, db):
+    scenario = make_scenario([delay_step("pay")], name="short-lived")
+    scenario_update(scenario=scenario, definition={"steps": [delay_step("pay", 0.01)]})
+
+    response = admin_client.post(
+        reverse("admin:runs_scenario_delete", args=[scenario.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert not Scenario.objects.filter(id=scenario.id).exists()
+    assert not ScenarioVersion.objects.filter(scenario_id=scenario.id).exists()
