@@ -430,3 +430,17 @@ def test_a_scenario_without_runs_can_still_be_deleted_with_its_versions(admin_cl
     assert response.status_code == 302
     assert not Scenario.objects.filter(id=scenario.id).exists()
     assert not ScenarioVersion.objects.filter(scenario_id=scenario.id).exists()
+
+
+def test_the_scenario_and_versions_pages_speak_russian(history):
+    operator = staff("operator")
+
+    page = operator.get(
+        reverse("admin:runs_scenario_page", args=[history.id]), HTTP_ACCEPT_LANGUAGE="ru"
+    ).content.decode()
+    versions_page = operator.get(
+        reverse("admin:runs_scenario_versions", args=[history.id]), HTTP_ACCEPT_LANGUAGE="ru"
+    ).content.decode()
+
+    assert "Запуск с параметрами" in page and "завершённых запусков (из последних 50)" in page
+    assert "Сохранённые версии" in versions_page and "код или консоль" in versions_page
