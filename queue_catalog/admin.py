@@ -22,9 +22,13 @@ STATUS_COLOURS = {
 STOPPING_COLOUR = "#fd7e14"  # running, cancel requested
 
 
-def _enqueue(*, scenario: Scenario, payload: dict, priority: str) -> str:
+def _enqueue(*, scenario: Scenario, payload: dict, priority: str) -> tuple[str, str]:
     record = services.queue_record_create(scenario=scenario, payload=payload, priority=priority)
-    return reverse("admin:queue_catalog_queuerecord_change", args=[record.id])
+    url = reverse("admin:queue_catalog_queuerecord_change", args=[record.id])
+    return url, _("Added queue record %(id)s of %(name)s.") % {
+        "id": record.id,
+        "name": scenario.name,
+    }
 
 
 register_launch(

@@ -147,15 +147,17 @@ class ScenarioAdminForm(forms.ModelForm):
 @dataclass(frozen=True)
 class Launch:
     """One way to start a scenario: ``start(scenario=, payload=, priority=)`` returns the admin
-    URL of what it started; a ``ValidationError`` says why it could not."""
+    URL of what it started and a message saying what that is; a ``ValidationError`` says why
+    it could not."""
 
     label: str
-    start: Callable[..., str]
+    start: Callable[..., tuple[str, str]]
 
 
-def _start_run(*, scenario: Scenario, payload: dict, priority: str) -> str:
+def _start_run(*, scenario: Scenario, payload: dict, priority: str) -> tuple[str, str]:
     run = services.run_start(scenario=scenario, payload=payload, priority=priority)
-    return reverse("admin:runs_testrun_change", args=[run.id])
+    url = reverse("admin:runs_testrun_change", args=[run.id])
+    return url, _("Started run %(id)s of %(name)s.") % {"id": run.id, "name": scenario.name}
 
 
 LAUNCHES: dict[str, Launch] = {"run": Launch(_("start a run now"), _start_run)}
@@ -283,7 +285,7 @@ class ScenarioAdmin(admin.ModelAdmin):
             if form.is_valid():
                 launch = LAUNCHES[form.cleaned_data["launch"]]
                 try:
-                    url = launch.start(
+                    url, done = launch.start(
                         scenario=scenario,
                         payload=form.cleaned_data["payload"],
                         priority=form.cleaned_data["priority"],
@@ -291,12 +293,7 @@ class ScenarioAdmin(admin.ModelAdmin):
                 except ValidationError as exc:
                     form.add_error(None, exc.messages)
                 else:
-                    self.message_user(
-                        request,
-                        _("%(scenario)s: %(launch)s done.")
-                        % {"scenario": scenario.name, "launch": launch.label},
-                        messages.SUCCESS,
-                    )
+                    self.message_user(request, done, messages.SUCCESS)
                     return HttpResponseRedirect(url)
             status = 400
         stats = selectors.scenario_stats(scenario_id=scenario.id, last=self.stats_window)

@@ -335,11 +335,13 @@ def test_the_run_form_starts_a_run_with_the_payload_and_priority(history):
     url = reverse("admin:runs_scenario_page", args=[history.id])
     data = {"priority": "urgent", "payload": '{"order": 7}', "launch": "run"}
 
-    response = staff("operator").post(url, data)
+    operator = staff("operator")
+    response = operator.post(url, data)
 
     run = TestRun.objects.filter(scenario=history).order_by("-id").first()
     assert response.status_code == 302
     assert response.url == reverse("admin:runs_testrun_change", args=[run.id])
+    assert f"Started run {run.id} of checkout." in operator.get(response.url).content.decode()
     assert (run.priority, run.context["payload"], run.status) == ("urgent", {"order": 7}, "QUEUED")
     assert run.scenario_version == history.current_version
 
@@ -348,10 +350,13 @@ def test_the_run_form_adds_a_queue_record(history):
     url = reverse("admin:runs_scenario_page", args=[history.id])
     data = {"priority": "normal", "payload": "{}", "launch": "queue"}
 
-    response = staff("operator").post(url, data)
+    operator = staff("operator")
+    response = operator.post(url, data)
 
     record = QueueRecord.objects.get(scenario=history)
     assert response.url == reverse("admin:queue_catalog_queuerecord_change", args=[record.id])
+    page = operator.get(response.url).content.decode()
+    assert f"Added queue record {record.id} of checkout." in page
     assert record.status == "RUNNING"  # an idle lane starts at once
 
 
