@@ -323,10 +323,13 @@ def test_the_scenario_page_shows_pass_rate_median_duration_and_recent_runs(histo
     assert "Run with payload" not in html
 
 
-def test_the_scenario_stats_look_only_at_the_last_runs(history):
+def test_the_scenario_stats_look_only_at_the_last_runs_in_one_query(
+    history, django_assert_num_queries
+):
     from runs.selectors import scenario_stats
 
-    stats = scenario_stats(scenario_id=history.id, last=2)
+    with django_assert_num_queries(1):
+        stats = scenario_stats(scenario_id=history.id, last=2)
 
     assert (stats.runs, stats.passed) == (2, 0)  # the newest two are the failed and error runs
 
