@@ -9,6 +9,10 @@ from typing import Any
 
 import yaml
 
+# YAML aliases let a short text stand for a huge tree ("billion laughs"); a definition made of
+# more values than this is refused before anything walks or stores it.
+MAX_VALUES = 100_000
+
 
 class SourceError(ValueError):
     """The text is not YAML/JSON, or does not hold an object; the message says where."""
@@ -25,6 +29,8 @@ def definition_from_source(text: str, *, kind: str = "YAML") -> dict[str, Any]:
         raise SourceError(f"not valid {kind}: {exc}") from None
     if not isinstance(definition, dict):
         raise SourceError(f"a scenario must be an object (a YAML mapping), not {_kind(definition)}")
+    if _count_values(definition, MAX_VALUES) > MAX_VALUES:
+        raise SourceError(f"the definition expands to more than {MAX_VALUES} values")
     return definition
 
 
@@ -44,6 +50,21 @@ def source_diff(old: str, new: str, *, old_label: str, new_label: str) -> list[s
             lineterm="",
         )
     )
+
+
+def _count_values(root: Any, limit: int) -> int:
+    """How many values ``root`` holds, counting a shared one at each place it appears; the
+    count stops just past ``limit``."""
+    count, pending = 0, [root]
+    while pending and count <= limit:
+        value = pending.pop()
+        count += 1
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return count
 
 
 def _kind(value: Any) -> str:
