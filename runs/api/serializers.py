@@ -13,7 +13,7 @@ from rest_framework import serializers
 from plugins.registry import installed_plugins
 from runs.definition import DefinitionError, validate_definition
 from runs.models import DeadLetter, Priority, Scenario, ScenarioVersion, StepResult, TestRun
-from runs.sources import source_diff
+from runs.sources import SourceError, definition_from_source, source_diff
 
 # A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -176,7 +176,42 @@ class ScenarioVersionSerializer(serializers.ModelSerializer):
 class ScenarioInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, validators=[_NOT_BLANK])
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    definition = DefinitionField()
+    definition = DefinitionField(
+        required=False, help_text="Required unless `definition_source` gives it as YAML."
+    )
+    definition_source = serializers.CharField(
+        required=False,
+        trim_whitespace=False,
+        help_text="The definition as YAML text, kept with its comments; instead of `definition`.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        """One of ``definition`` and ``definition_source``; the YAML is read and validated as
+        ``definition`` is, its problems reported on ``definition_source``. A full write names
+        the definition, a partial one may leave it alone."""
+        text = attrs.pop("definition_source", None)
+        if text is not None and "definition" in attrs:
+            raise serializers.ValidationError(
+                {"definition_source": ["give definition or definition_source, not both"]}
+            )
+        if text is not None:
+            try:
+                definition = JsonObjectField().run_validation(definition_from_source(text))
+                validate_definition(definition)
+            except SourceError as exc:
+                raise serializers.ValidationError({"definition_source": [str(exc)]}) from None
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"definition_source": exc.detail}) from None
+            except DefinitionError as exc:
+                problems = [str(problem) for problem in exc.problems]
+                raise serializers.ValidationError({"definition_source": problems}) from None
+            attrs["definition"] = definition
+            attrs["source"] = text
+        elif "definition" not in attrs and not self.partial:
+            raise serializers.ValidationError(
+                {"definition": ["This field is required (or give definition_source)."]}
+            )
+        return attrs
 
     def validate_name(self, value: str) -> str:
         current = self.context.get("scenario")

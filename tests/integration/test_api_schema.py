@@ -36,7 +36,7 @@ SERVER_STATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "POST /api/queue/": {"scenario": ("no scenario", "is not active")},
     "POST /api/scenarios/validate/": {"definition": ("",)},
     **{
-        label: {"name": ("already exists",), "definition": ("",)}
+        label: {"name": ("already exists",), "definition": ("",), "definition_source": ("",)}
         for label in (
             "POST /api/scenarios/",
             "PUT /api/scenarios/{id}/",

@@ -177,6 +177,59 @@ def test_the_api_keeps_a_version_per_change_and_lists_them_with_diffs(api_client
     assert api_client.get("/api/scenarios/999999/versions/").status_code == 404
 
 
+def test_the_api_takes_a_definition_as_yaml_and_keeps_its_text(api_client):
+    created = api_client.post(
+        "/api/scenarios/", {"name": "from-yaml", "definition_source": YAML_V1}, format="json"
+    )
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert body["definition_source"] == YAML_V1 and body["version"] == 1
+    assert body["definition"]["steps"][0]["name"] == "pay"
+
+    changed = api_client.put(
+        f"/api/scenarios/{body['id']}/",
+        {"name": "from-yaml", "definition_source": YAML_V2},
+        format="json",
+    )
+
+    assert changed.json()["version"] == 2
+    versions = api_client.get(f"/api/scenarios/{body['id']}/versions/").json()["results"]
+    assert "+    with: {seconds: 0.01}" in versions[0]["diff"].splitlines()
+    assert versions[0]["source"] == YAML_V2
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"definition_source": "steps: [\n"}, "definition_source", "not valid YAML"),
+        ({"definition_source": "- a\n"}, "definition_source", "must be an object"),
+        (
+            {"definition_source": YAML_V1.replace("seconds: 0", "seconds: -1")},
+            "definition_source",
+            "steps[0] (pay): with.seconds",
+        ),
+        (
+            {"definition_source": 'steps: [{name: "\\ud800", plugin: delay}]'},
+            "definition_source",
+            "unpaired surrogates",
+        ),
+        (
+            {"definition_source": YAML_V1, "definition": {"steps": [delay_step("a")]}},
+            "definition_source",
+            "not both",
+        ),
+        ({}, "definition", "This field is required"),
+    ],
+)
+def test_a_bad_yaml_definition_gets_a_400_naming_the_problem(api_client, data, field, message):
+    response = api_client.post("/api/scenarios/", {"name": "bad", **data}, format="json")
+
+    assert response.status_code == 400, response.json()
+    messages = response.json()["error"]["fields"][field]
+    assert any(message in text for text in messages), messages
+    assert not Scenario.objects.filter(name="bad").exists()
+
+
 def test_each_run_records_the_version_it_executed_started_directly_or_by_the_queue(db):
     scenario = make_scenario([delay_step("pay")], name="checkout")
     first = run_start(scenario=scenario, payload={})
