@@ -430,26 +430,6 @@ class ReadOnlyAdminMixin:
         return False
 
 
-@admin.register(ScenarioVersion)
-class ScenarioVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Saved versions are history: listed here, compared on their scenario's versions page."""
-
-    list_display = ["scenario", "number_link", "origin", "created_by", "created_at"]
-    list_filter = ["origin"]
-    search_fields = ["scenario__name"]
-    list_select_related = ["scenario", "created_by"]
-    fields = ["scenario", "number_link", "origin", "created_by", "created_at", "source_display"]
-    readonly_fields = ["number_link", "source_display"]
-
-    @admin.display(description=_("version"), ordering="number")
-    def number_link(self, version: ScenarioVersion):
-        return _version_link(version.scenario_id, version)
-
-    @admin.display(description=_("definition (YAML)"))
-    def source_display(self, version: ScenarioVersion):
-        return format_html('<pre style="margin:0; white-space:pre-wrap">{}</pre>', version.source)
-
-
 class StepResultInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = StepResult
     fields = [
