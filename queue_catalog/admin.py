@@ -12,6 +12,8 @@ from orchestra.times import elapsed, format_age, format_duration
 from queue_catalog import services
 from queue_catalog.models import QueueRecord
 from queue_catalog.states import RecordStatus
+from runs.admin import Launch, register_launch
+from runs.models import Scenario
 
 STATUS_COLOURS = {
     RecordStatus.SCHEDULED: "#6c757d",
@@ -50,6 +52,21 @@ class QueueRecordForm(forms.ModelForm):
     class Meta:
         model = QueueRecord
         fields = ["scenario", "payload", "priority", "max_attempts"]
+
+
+def _enqueue(*, scenario: Scenario, payload: dict, priority: str) -> tuple[str, str]:
+    record = services.queue_record_create(scenario=scenario, payload=payload, priority=priority)
+    url = reverse("admin:queue_catalog_queuerecord_change", args=[record.id])
+    return url, _("Added queue record %(id)s of %(name)s.") % {
+        "id": record.id,
+        "name": scenario.name,
+    }
+
+
+register_launch(
+    "queue",
+    Launch(_("add a queue record (one at a time in its lane, re-run on failure)"), _enqueue),
+)
 
 
 @admin.register(QueueRecord)

@@ -17,7 +17,10 @@ def queue_record_with_runs(*, record_id: int) -> QueueRecord:
         QueueRecord.objects.select_related("scenario")
         .prefetch_related(
             Prefetch(
-                "attempts", queryset=QueueRun.objects.select_related("run").order_by("start_number")
+                "attempts",
+                queryset=QueueRun.objects.select_related(
+                    "run__scenario", "run__scenario_version"
+                ).order_by("start_number"),
             )
         )
         .get(id=record_id)

@@ -97,6 +97,7 @@ def _start_lane_head_statement() -> tuple[PreparedStatement, dict]:
 
     run = new_run_sql(
         scenario_id="%(scenario_id)s",
+        scenario_version_id="due.current_version_id",
         priority="due.priority",
         definition="due.definition",
         context="jsonb_build_object('queueRecordId', due.id, 'queueStartCount', due.start_number,"
@@ -113,7 +114,7 @@ WITH head AS (
      ORDER BY q.lane_position
      LIMIT 1
 ), due AS (
-    SELECT head.*, s.definition
+    SELECT head.*, s.definition, s.current_version_id
       FROM head JOIN runs_scenario s ON s.id = %(scenario_id)s AND s.is_active
      WHERE {startable_sql("head.status")}
        AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= now())

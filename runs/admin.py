@@ -8,30 +8,40 @@ the same ones the API uses.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.db import models
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
 
 from orchestra.roles import OPERATE_PERMISSION
 from orchestra.times import elapsed, format_age, format_duration
-from runs import deadletters, services
+from runs import deadletters, selectors, services
+from runs.api.serializers import payload_field
+from runs.definition import DefinitionError, validate_definition
 from runs.models import (
     DeadLetter,
     DeadLetterStatus,
+    Priority,
     Scenario,
+    ScenarioVersion,
     StepResult,
     StepStatus,
     TestRun,
+    VersionOrigin,
 )
 from runs.reports import run_report
+from runs.sources import SourceError, definition_from_source, source_diff, source_from_definition
 from runs.states import RunStatus
 
 RUN_STATUS_COLOURS = {
@@ -85,56 +95,261 @@ def _run_link(run_id: int | None, scenario_name: str = ""):
     return format_html("{} {}", link, scenario_name) if scenario_name else link
 
 
-class PrettyJSONFormField(forms.JSONField):
-    """A JSON form field that shows its value indented, so a definition is readable and editable."""
+def _version_link(scenario_id: int, version: ScenarioVersion | None):
+    if version is None:
+        return "—"
+    url = reverse("admin:runs_scenario_versions", args=[scenario_id])
+    return format_html('<a href="{}?to={}">v{}</a>', url, version.number, version.number)
 
-    def prepare_value(self, value):
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value  # the text as typed, so a syntax error can be fixed in place
-        return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+
+class DefinitionSourceField(forms.CharField):
+    """A definition as YAML text (JSON is YAML too), kept as typed, comments and all."""
+
+    widget = forms.Textarea(
+        attrs={"rows": 30, "cols": 100, "spellcheck": "false", "style": "font-family:monospace"}
+    )
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("strip", False)
+        super().__init__(**kwargs)
 
 
 class ScenarioAdminForm(forms.ModelForm):
+    definition_source = DefinitionSourceField(
+        label=_("Definition (YAML)"),
+        help_text=_(
+            "Steps and finally steps in YAML; comments and layout are kept, and every change "
+            "is kept as a version."
+        ),
+    )
+
     class Meta:
         model = Scenario
-        fields = ["name", "description", "definition", "is_active"]
+        fields = ["name", "description", "definition_source", "is_active"]
 
-    def _post_clean(self):
-        # The model's clean() validates the definition and reports every problem (naming the
-        # step and field) on the definition field. When the text is not even JSON, the instance
-        # still holds the previous definition (or none), and what the model would say about that
-        # is noise next to "Enter a valid JSON": keep only the form's own error then.
-        form_errors = len(self.errors.get("definition", ()))
-        super()._post_clean()
-        if form_errors:
-            del self._errors["definition"][form_errors:]
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and not self.instance.definition_source:
+            self.initial["definition_source"] = source_from_definition(self.instance.definition)
+
+    def clean_definition_source(self) -> str:
+        """Read the YAML and validate the definition: each problem names its step and field."""
+        # Browsers send a textarea's lines ending in CRLF; files and the API use LF.
+        text = self.cleaned_data["definition_source"].replace("\r\n", "\n")
+        try:
+            definition = definition_from_source(text)
+            validate_definition(definition)
+        except SourceError as exc:
+            raise ValidationError(str(exc)) from None
+        except DefinitionError as exc:
+            raise ValidationError([str(problem) for problem in exc.problems]) from None
+        self.instance.definition = definition
+        return text
+
+
+# What the "run with payload" form can start besides a run: apps above runs add theirs (the
+# queue does, in queue_catalog/admin.py), so runs never imports them.
+@dataclass(frozen=True)
+class Launch:
+    """One way to start a scenario: ``start(scenario=, payload=, priority=)`` returns the admin
+    URL of what it started and a message saying what that is; a ``ValidationError`` says why
+    it could not."""
+
+    label: str
+    start: Callable[..., tuple[str, str]]
+
+
+def _start_run(*, scenario: Scenario, payload: dict, priority: str) -> tuple[str, str]:
+    run = services.run_start(scenario=scenario, payload=payload, priority=priority)
+    url = reverse("admin:runs_testrun_change", args=[run.id])
+    return url, _("Started run %(id)s of %(name)s.") % {"id": run.id, "name": scenario.name}
+
+
+LAUNCHES: dict[str, Launch] = {"run": Launch(_("start a run now"), _start_run)}
+
+
+def register_launch(key: str, launch: Launch) -> None:
+    """Offer ``launch`` on every scenario page's "run with payload" form."""
+    LAUNCHES[key] = launch
+
+
+class RunWithPayloadForm(forms.Form):
+    priority = forms.ChoiceField(
+        label=_("priority"), choices=Priority.choices, initial=Priority.NORMAL
+    )
+    payload = forms.CharField(
+        label=_("payload"),
+        initial="{}",
+        strip=False,
+        help_text=_("A JSON object; templates see it as payload."),
+        widget=forms.Textarea(
+            attrs={"rows": 6, "cols": 60, "spellcheck": "false", "style": "font-family:monospace"}
+        ),
+    )
+    launch = forms.ChoiceField(label=_("how"), widget=forms.RadioSelect, initial="run")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["launch"].choices = [(key, item.label) for key, item in LAUNCHES.items()]
+
+    def clean_payload(self) -> dict:
+        """The payload as the API accepts it: a JSON object, bounded, storable."""
+        try:
+            value = json.loads(self.cleaned_data["payload"])
+        except ValueError as exc:
+            raise ValidationError(_("not valid JSON: %(error)s") % {"error": exc}) from None
+        try:
+            return payload_field().run_validation(value)
+        except serializers.ValidationError as exc:
+            raise ValidationError([str(message) for message in exc.detail]) from None
 
 
 @admin.register(Scenario)
 class ScenarioAdmin(admin.ModelAdmin):
     form = ScenarioAdminForm
-    list_display = ["name", "is_active", "step_count", "updated_at", "created_at"]
+    list_display = ["name", "is_active", "step_count", "version_display", "page_link", "updated_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "description"]
-    readonly_fields = ["created_at", "updated_at"]
-    fields = ["name", "description", "definition", "is_active", "created_at", "updated_at"]
+    list_select_related = ["current_version"]
+    readonly_fields = ["version_display", "created_at", "updated_at"]
+    fields = [
+        "name",
+        "description",
+        "definition_source",
+        "is_active",
+        "version_display",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["start_runs", "activate", "deactivate"]
-    formfield_overrides = {
-        models.JSONField: {
-            "form_class": PrettyJSONFormField,
-            "widget": forms.Textarea(
-                attrs={"rows": 30, "cols": 100, "style": "font-family:monospace"}
-            ),
-        }
-    }
+    change_form_template = "admin/runs/scenario/change_form.html"
+    recent_runs = 20
+    stats_window = 50
 
     @admin.display(description=_("steps"))
     def step_count(self, scenario: Scenario) -> int:
         definition = scenario.definition or {}
         return len(definition.get("steps", [])) + len(definition.get("finally", []))
 
+    @admin.display(description=_("version"))
+    def version_display(self, scenario: Scenario):
+        return _version_link(scenario.id, scenario.current_version) if scenario.id else "—"
+
+    @admin.display(description=_("runs"))
+    def page_link(self, scenario: Scenario):
+        url = reverse("admin:runs_scenario_page", args=[scenario.id])
+        return format_html('<a href="{}">{}</a>', url, _("runs and launch"))
+
     def has_operate_permission(self, request) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)
+
+    # Operators edit scenarios here as they do through the API: the same role, not a second one.
+    def has_add_permission(self, request) -> bool:
+        return self.has_operate_permission(request) or super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self.has_operate_permission(request) or super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj: Scenario, form, change: bool) -> None:
+        services.scenario_store(
+            scenario=obj,
+            source=form.cleaned_data["definition_source"],
+            origin=VersionOrigin.ADMIN,
+            created_by=request.user,
+        )
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:scenario_id>/page/", wrap(self.scenario_page), name="runs_scenario_page"),
+            path(
+                "<int:scenario_id>/versions/",
+                wrap(self.versions_page),
+                name="runs_scenario_versions",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _scenario_or_404(self, request, scenario_id: int) -> Scenario:
+        scenario = Scenario.objects.select_related("current_version").filter(id=scenario_id)
+        scenario = scenario.first()
+        if scenario is None or not self.has_view_permission(request, scenario):
+            raise Http404(_("no scenario %(id)s") % {"id": scenario_id})
+        return scenario
+
+    def scenario_page(self, request, scenario_id: int):
+        """Recent runs, pass rate and median duration, and the "run with payload" form."""
+        scenario = self._scenario_or_404(request, scenario_id)
+        may_operate = self.has_operate_permission(request)
+        form = RunWithPayloadForm()
+        status = 200
+        if request.method == "POST":
+            if not may_operate:
+                raise PermissionDenied
+            form = RunWithPayloadForm(request.POST)
+            if form.is_valid():
+                launch = LAUNCHES[form.cleaned_data["launch"]]
+                try:
+                    url, done = launch.start(
+                        scenario=scenario,
+                        payload=form.cleaned_data["payload"],
+                        priority=form.cleaned_data["priority"],
+                    )
+                except ValidationError as exc:
+                    form.add_error(None, exc.messages)
+                else:
+                    self.message_user(request, done, messages.SUCCESS)
+                    return HttpResponseRedirect(url)
+            status = 400
+        stats = selectors.scenario_stats(scenario_id=scenario.id, last=self.stats_window)
+        runs = selectors.scenario_recent_runs(scenario_id=scenario.id, limit=self.recent_runs)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": scenario.name,
+            "scenario": scenario,
+            "stats": stats,
+            "median": format_duration(stats.median_seconds),
+            "recent_runs": [_run_row(run) for run in runs],
+            "form": form if may_operate else None,
+            "version_link": _version_link(scenario.id, scenario.current_version),
+        }
+        return TemplateResponse(request, "admin/runs/scenario/page.html", context, status=status)
+
+    def versions_page(self, request, scenario_id: int):
+        """Every version, and the diff between two of them (``?from=&to=``; by default the
+        latest and the one before it)."""
+        scenario = self._scenario_or_404(request, scenario_id)
+        versions = list(selectors.scenario_versions(scenario_id=scenario.id))
+        by_number = {version.number: version for version in versions}
+        newest = versions[0].number if versions else 0
+        to = _version_number(request.GET.get("to"), newest)
+        old = _version_number(request.GET.get("from"), (to or 0) - 1)
+        shown = by_number.get(to)
+        if request.GET and (shown is None or old is None or (old and old not in by_number)):
+            raise Http404(_("no such version of %(name)s") % {"name": scenario.name})
+        diff = []
+        if shown is not None and old in by_number:
+            diff = [
+                (_diff_class(line), line)
+                for line in source_diff(
+                    by_number[old].source,
+                    shown.source,
+                    old_label=f"version {old}",
+                    new_label=f"version {to}",
+                )
+            ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": _("Versions of %(name)s") % {"name": scenario.name},
+            "scenario": scenario,
+            "versions": versions,
+            "shown": shown,
+            "old": by_number.get(old),
+            "diff": diff,
+        }
+        return TemplateResponse(request, "admin/runs/scenario/versions.html", context)
 
     @admin.action(description=_("Start a run of each selected scenario"), permissions=["operate"])
     def start_runs(self, request, queryset):
@@ -181,6 +396,30 @@ class ScenarioAdmin(admin.ModelAdmin):
         )
 
 
+def _version_number(text: str | None, default: int) -> int | None:
+    """A version number from the query string: ``default`` when absent, None when not one."""
+    if not text:
+        return default
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _diff_class(line: str) -> str:
+    if line.startswith(("+++", "---", "@@")):
+        return "diff-head"
+    return {"+": "diff-add", "-": "diff-del"}.get(line[:1], "")
+
+
+def _run_row(run: TestRun) -> dict[str, Any]:
+    return {
+        "run": run,
+        "link": _run_link(run.id),
+        "status": _coloured(RUN_STATUS_COLOURS[run.status], run.get_status_display()),
+        "version": _version_link(run.scenario_id, run.scenario_version),
+        "duration": format_duration(elapsed(run.started_at, run.finished_at)),
+        "age": format_age(run.queued_at),
+    }
+
+
 class ReadOnlyAdminMixin:
     """Records of what happened: visible to anyone who may view them, changed by nobody."""
 
@@ -207,6 +446,7 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             {
                 "fields": [
                     "scenario",
+                    "scenario_version_display",
                     "coloured_status",
                     "priority",
                     "context_display",
@@ -237,6 +477,7 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         ),
     ]
     readonly_fields = [
+        "scenario_version_display",
         "coloured_status",
         "owner",
         "context_display",
@@ -271,6 +512,10 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         run = self.get_object(request, object_id)
         context = {**(extra_context or {}), "report": run_report(run) if run else None}
         return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description=_("scenario version"))
+    def scenario_version_display(self, run: TestRun):
+        return _version_link(run.scenario_id, run.scenario_version)
 
     @admin.display(description=_("reports"))
     def reports_display(self, run: TestRun):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -20,6 +21,18 @@ class Scenario(models.Model):
     name = models.CharField(_("name"), max_length=200, unique=True)
     description = models.TextField(_("description"), blank=True)
     definition = models.JSONField(_("definition"))
+    # The text the definition was read from (YAML with its comments), as its author wrote it.
+    definition_source = models.TextField(_("definition (YAML)"), blank=True)
+    # The latest ScenarioVersion: a run launched in SQL takes its version from this row, in the
+    # same statement that reads the definition (see runs.services.new_run_sql).
+    current_version = models.ForeignKey(
+        "ScenarioVersion",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("version"),
+    )
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -48,6 +61,51 @@ class Scenario(models.Model):
             raise ValidationError({"definition": [str(p) for p in exc.problems]}) from None
 
 
+class VersionOrigin(models.TextChoices):
+    ADMIN = "admin", _("admin")
+    API = "api", _("API")
+    IMPORT = "import", _("import")
+    CODE = "code", _("code or shell")
+    MIGRATION = "migration", _("kept when versions began")
+
+
+class ScenarioVersion(models.Model):
+    """One saved state of a scenario's definition, kept; numbered 1, 2, ... per scenario."""
+
+    # Indexed by the unique constraint (scenario, number), which also serves the key.
+    scenario = models.ForeignKey(
+        Scenario,
+        on_delete=models.CASCADE,
+        related_name="versions",
+        verbose_name=_("scenario"),
+        db_index=False,
+    )
+    number = models.PositiveIntegerField(_("number"))
+    source = models.TextField(_("definition (YAML)"))
+    definition = models.JSONField(_("definition"))
+    origin = models.CharField(_("saved from"), max_length=16, choices=VersionOrigin.choices)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("saved by"),
+    )
+    created_at = models.DateTimeField(_("saved"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("scenario version")
+        verbose_name_plural = _("scenario versions")
+        ordering = ["scenario", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["scenario", "number"], name="one_version_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scenario.name} v{self.number}"
+
+
 class TestRun(models.Model):
     """One launch of a scenario, executed by a worker; see ``runs.states`` for its lifecycle."""
 
@@ -69,6 +127,17 @@ class TestRun(models.Model):
     )
     # The definition as it was at launch: a run records exactly what it executed.
     definition = models.JSONField(_("definition"))
+    # Which saved version that definition was; empty for runs older than versions. No index:
+    # nothing looks runs up by version, and every launch would pay for one.
+    scenario_version = models.ForeignKey(
+        ScenarioVersion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="runs",
+        verbose_name=_("scenario version"),
+        db_index=False,
+    )
     # payload, queueRecordId, queueStartCount ... as seen by templates.
     context = models.JSONField(_("launch context"), default=dict, blank=True)
     attempt = models.PositiveIntegerField(

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import (
+    Aggregate,
+    Count,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+)
+from django.db.models.functions import Extract
 
-from runs.models import DeadLetter, StepResult, TestRun
+from runs.models import DeadLetter, ScenarioVersion, StepResult, TestRun
+from runs.states import RunStatus
+
+# The outcomes that say whether a scenario works; a cancelled run says nothing about it.
+OUTCOMES = (RunStatus.PASSED, RunStatus.FAILED, RunStatus.ERROR)
 
 
 def run_with_steps(*, run_id: int) -> TestRun:
     """The run with the step results of every attempt, in order."""
     return (
-        TestRun.objects.select_related("scenario")
+        TestRun.objects.select_related("scenario", "scenario_version")
         .prefetch_related(
             Prefetch("steps", queryset=StepResult.objects.order_by("attempt", "position"))
         )
@@ -21,7 +40,7 @@ def run_with_steps(*, run_id: int) -> TestRun:
 
 
 def run_list() -> QuerySet[TestRun]:
-    return TestRun.objects.select_related("scenario").order_by("-id")
+    return TestRun.objects.select_related("scenario", "scenario_version").order_by("-id")
 
 
 def latest_attempt_steps(run: TestRun) -> list[StepResult]:
@@ -43,3 +62,62 @@ def foreign_run_dead_letter_count(*, since: datetime) -> int:
         .exclude(Exists(TestRun.objects.filter(id=OuterRef("run_id_hint"))))
         .count()
     )
+
+
+def scenario_versions(*, scenario_id: int) -> QuerySet[ScenarioVersion]:
+    """The scenario's versions, newest first, each with ``previous_source`` (the source text of
+    the version before it, None for version 1) for diffs, in one query."""
+    previous = ScenarioVersion.objects.filter(
+        scenario_id=OuterRef("scenario_id"), number=OuterRef("number") - 1
+    ).values("source")
+    return (
+        ScenarioVersion.objects.filter(scenario_id=scenario_id)
+        .select_related("created_by")
+        .annotate(previous_source=Subquery(previous))
+        .order_by("-number")
+    )
+
+
+class _Median(Aggregate):
+    function = "percentile_cont"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+@dataclass(frozen=True)
+class ScenarioStats:
+    """How the last ``window`` finished runs of a scenario went (``runs`` may be fewer)."""
+
+    window: int
+    runs: int
+    passed: int
+    median_seconds: float | None
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.runs if self.runs else None
+
+
+def scenario_stats(*, scenario_id: int, last: int = 50) -> ScenarioStats:
+    """Pass rate and median duration over the scenario's last ``last`` runs that passed, failed
+    or errored, in one query (the newest runs by ``run_scenario_idx``)."""
+    window = (
+        TestRun.objects.filter(scenario_id=scenario_id, status__in=OUTCOMES)
+        .annotate(
+            seconds=Extract(
+                ExpressionWrapper(F("finished_at") - F("started_at"), DurationField()), "epoch"
+            )
+        )
+        .order_by("-id")[:last]
+    )
+    row = window.aggregate(
+        runs=Count("id"),
+        passed=Count("id", filter=Q(status=RunStatus.PASSED)),
+        median_seconds=_Median("seconds"),
+    )
+    return ScenarioStats(window=last, **row)
+
+
+def scenario_recent_runs(*, scenario_id: int, limit: int = 20) -> list[TestRun]:
+    """The scenario's newest runs, any status, with the version each executed."""
+    return list(run_list().filter(scenario_id=scenario_id)[:limit])

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from runs.models import Priority, Scenario, TestRun
+from runs.models import Priority, Scenario, ScenarioVersion, TestRun, VersionOrigin
 from runs.signals import run_finished
+from runs.sources import source_from_definition
 from runs.states import RunStatus, transition_run
 
 logger = logging.getLogger(__name__)
@@ -25,9 +28,18 @@ class RunConflict(Exception):
     """The run is in a status that does not allow the operation (e.g. cancelling a finished run)."""
 
 
-def scenario_save(*, name: str, definition: dict[str, Any], description: str = "") -> Scenario:
+def scenario_save(
+    *,
+    name: str,
+    definition: dict[str, Any],
+    description: str = "",
+    source: str = "",
+    origin: str = VersionOrigin.CODE,
+    created_by: AbstractBaseUser | None = None,
+) -> Scenario:
     """Create the scenario ``name`` or replace its definition; invalid definitions are refused.
 
+    ``source`` is the text ``definition`` was read from (YAML with comments), kept as written.
     Raises ``django.core.exceptions.ValidationError`` naming the step and field at fault.
     """
     scenario = Scenario.objects.filter(name=name).first() or Scenario(name=name)
@@ -35,9 +47,7 @@ def scenario_save(*, name: str, definition: dict[str, Any], description: str = "
     if not description and isinstance(definition, dict):
         description = definition.get("description", "")
     scenario.description = description
-    scenario.full_clean()
-    scenario.save()
-    return scenario
+    return scenario_store(scenario=scenario, source=source, origin=origin, created_by=created_by)
 
 
 def scenario_update(
@@ -46,6 +56,9 @@ def scenario_update(
     name: str | None = None,
     description: str | None = None,
     definition: dict[str, Any] | None = None,
+    source: str = "",
+    origin: str = VersionOrigin.CODE,
+    created_by: AbstractBaseUser | None = None,
 ) -> Scenario:
     """Change a scenario; a new definition is validated before it is stored."""
     if name is not None:
@@ -54,9 +67,104 @@ def scenario_update(
         scenario.description = description
     if definition is not None:
         scenario.definition = definition
+    return scenario_store(scenario=scenario, source=source, origin=origin, created_by=created_by)
+
+
+def scenario_store(
+    *,
+    scenario: Scenario,
+    source: str = "",
+    origin: str,
+    created_by: AbstractBaseUser | None = None,
+) -> Scenario:
+    """Validate and save ``scenario`` as it is in memory; a new :class:`ScenarioVersion` is kept
+    when its definition or source text differ from the latest version (the first save makes
+    version 1). Every path that saves a scenario (admin, API, import) comes through here.
+
+    ``source`` is the text ``scenario.definition`` was read from; without one, a definition that
+    changed gets a YAML rendering of itself, an unchanged one keeps its text.
+    """
     scenario.full_clean()
-    scenario.save()
+    with transaction.atomic():
+        scenario.save()
+        # The save holds the scenario's row lock until commit, so the latest version read now
+        # cannot change under us: two saves of one scenario number their versions one by one.
+        latest = scenario.versions.order_by("-number").first()
+        if source:
+            scenario.definition_source = source
+        elif latest is None or latest.definition != scenario.definition:
+            scenario.definition_source = source_from_definition(scenario.definition)
+        elif not scenario.definition_source:
+            scenario.definition_source = latest.source
+        if (
+            latest is None
+            or latest.definition != scenario.definition
+            or latest.source != scenario.definition_source
+        ):
+            latest = ScenarioVersion.objects.create(
+                scenario=scenario,
+                number=latest.number + 1 if latest else 1,
+                source=scenario.definition_source,
+                definition=scenario.definition,
+                origin=origin,
+                created_by=created_by,
+            )
+        scenario.current_version = latest
+        Scenario.objects.filter(id=scenario.id).update(
+            definition_source=scenario.definition_source, current_version=latest
+        )
     return scenario
+
+
+class ScenarioImportConflict(Exception):
+    """The scenario changed outside imports since it was last imported; the message says how."""
+
+
+# Where people edit a scenario by hand; an import over such an edit would lose it.
+EDITED_ORIGINS = {VersionOrigin.ADMIN, VersionOrigin.API}
+
+
+class ImportOutcome(StrEnum):
+    CREATED = "created"
+    NEW_VERSION = "new version"
+    UNCHANGED = "unchanged"
+
+
+def scenario_import(
+    *, name: str, definition: dict[str, Any], source: str, force: bool = False
+) -> tuple[Scenario, ImportOutcome]:
+    """Create or update the scenario a file describes, keeping edits made elsewhere.
+
+    A scenario whose latest version people saved in the admin or through the API is not
+    overwritten unless ``force``: :class:`ScenarioImportConflict` names the scenario and the
+    versions. A file equal to the latest version changes nothing.
+    """
+    with transaction.atomic():
+        scenario = Scenario.objects.select_for_update().filter(name=name).first()
+        latest = scenario.current_version if scenario else None
+        if latest is not None and latest.definition == definition and latest.source == source:
+            return scenario, ImportOutcome.UNCHANGED
+        if latest is not None and latest.origin in EDITED_ORIGINS and not force:
+            raise ScenarioImportConflict(_import_conflict_message(scenario, latest))
+        saved = scenario_save(
+            name=name, definition=definition, source=source, origin=VersionOrigin.IMPORT
+        )
+    return saved, ImportOutcome.CREATED if scenario is None else ImportOutcome.NEW_VERSION
+
+
+def _import_conflict_message(scenario: Scenario, latest: ScenarioVersion) -> str:
+    imported = scenario.versions.filter(origin=VersionOrigin.IMPORT).order_by("-number").first()
+    by = f" by {latest.created_by.get_username()}" if latest.created_by else ""
+    changed = (
+        f"scenario {scenario.name!r} was changed in the {latest.get_origin_display()}{by} "
+        f"(version {latest.number})"
+    )
+    since = (
+        f"since its last import (version {imported.number})"
+        if imported
+        else "and was never imported"
+    )
+    return f"{changed} {since}; not overwritten (--force replaces it with the file)"
 
 
 def scenario_set_active(*, scenario: Scenario, is_active: bool) -> Scenario:
@@ -114,11 +222,15 @@ def new_run(*, scenario: Scenario, priority: str, context: dict[str, Any]) -> Te
     the model's default. ``runs_start`` saves these; a launch made in SQL uses :func:`new_run_sql`.
     """
     return TestRun(
-        scenario=scenario, priority=priority, definition=scenario.definition, context=context
+        scenario=scenario,
+        scenario_version_id=scenario.current_version_id,
+        priority=priority,
+        definition=scenario.definition,
+        context=context,
     )
 
 
-LAUNCH_COLUMNS = ("scenario_id", "priority", "definition", "context")
+LAUNCH_COLUMNS = ("scenario_id", "scenario_version_id", "priority", "definition", "context")
 
 
 @dataclass(frozen=True)

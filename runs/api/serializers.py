@@ -12,7 +12,8 @@ from rest_framework import serializers
 
 from plugins.registry import installed_plugins
 from runs.definition import DefinitionError, validate_definition
-from runs.models import DeadLetter, Priority, Scenario, StepResult, TestRun
+from runs.models import DeadLetter, Priority, Scenario, ScenarioVersion, StepResult, TestRun
+from runs.sources import SourceError, definition_from_source, source_diff
 
 # A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -125,6 +126,13 @@ class DefinitionField(JsonObjectField):
 
 
 class ScenarioSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(
+        source="current_version.number",
+        read_only=True,
+        allow_null=True,
+        help_text="The number of the latest saved version (GET .../versions/).",
+    )
+
     class Meta:
         model = Scenario
         fields = [
@@ -132,17 +140,78 @@ class ScenarioSerializer(serializers.ModelSerializer):
             "name",
             "description",
             "definition",
+            "definition_source",
+            "version",
             "is_active",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "is_active", "created_at", "updated_at"]
+        read_only_fields = ["id", "definition_source", "is_active", "created_at", "updated_at"]
+
+
+class ScenarioVersionSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+    diff = serializers.SerializerMethodField(
+        help_text="Unified diff of `source` from the previous version (empty for version 1)."
+    )
+
+    class Meta:
+        model = ScenarioVersion
+        fields = ["number", "origin", "created_by", "created_at", "source", "definition", "diff"]
+
+    def get_diff(self, version: ScenarioVersion) -> str:
+        if version.previous_source is None:
+            return ""
+        lines = source_diff(
+            version.previous_source,
+            version.source,
+            old_label=f"version {version.number - 1}",
+            new_label=f"version {version.number}",
+        )
+        return "\n".join(lines)
 
 
 class ScenarioInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, validators=[_NOT_BLANK])
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    definition = DefinitionField()
+    definition = DefinitionField(
+        required=False, help_text="Required unless `definition_source` gives it as YAML."
+    )
+    definition_source = serializers.CharField(
+        required=False,
+        trim_whitespace=False,
+        help_text="The definition as YAML text, kept with its comments; instead of `definition`.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        """One of ``definition`` and ``definition_source``; the YAML is read and validated as
+        ``definition`` is, its problems reported on ``definition_source``. A full write names
+        the definition, a partial one may leave it alone."""
+        text = attrs.pop("definition_source", None)
+        if text is not None and "definition" in attrs:
+            raise serializers.ValidationError(
+                {"definition_source": ["give definition or definition_source, not both"]}
+            )
+        if text is not None:
+            try:
+                definition = JsonObjectField().run_validation(definition_from_source(text))
+                validate_definition(definition)
+            except SourceError as exc:
+                raise serializers.ValidationError({"definition_source": [str(exc)]}) from None
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"definition_source": exc.detail}) from None
+            except DefinitionError as exc:
+                problems = [str(problem) for problem in exc.problems]
+                raise serializers.ValidationError({"definition_source": problems}) from None
+            attrs["definition"] = definition
+            attrs["source"] = text
+        elif "definition" not in attrs and not self.partial:
+            raise serializers.ValidationError(
+                {"definition": ["This field is required (or give definition_source)."]}
+            )
+        return attrs
 
     def validate_name(self, value: str) -> str:
         current = self.context.get("scenario")
@@ -188,6 +257,12 @@ class StepResultSerializer(serializers.ModelSerializer):
 class RunSerializer(serializers.ModelSerializer):
     scenario = serializers.SlugRelatedField(slug_field="name", read_only=True)
     scenario_id = serializers.IntegerField(read_only=True)
+    scenario_version = serializers.IntegerField(
+        source="scenario_version.number",
+        read_only=True,
+        allow_null=True,
+        help_text="The scenario version the run executed (null: a run older than versions).",
+    )
 
     class Meta:
         model = TestRun
@@ -195,6 +270,7 @@ class RunSerializer(serializers.ModelSerializer):
             "id",
             "scenario",
             "scenario_id",
+            "scenario_version",
             "status",
             "priority",
             "context",

@@ -25,9 +25,10 @@ from runs.api.serializers import (
     RunStartSerializer,
     ScenarioInputSerializer,
     ScenarioSerializer,
+    ScenarioVersionSerializer,
     plugin_descriptions,
 )
-from runs.models import DeadLetter, DeadLetterStatus, Priority, Scenario, TestRun
+from runs.models import DeadLetter, DeadLetterStatus, Priority, Scenario, TestRun, VersionOrigin
 from runs.states import RunStatus
 
 ERRORS = {
@@ -70,7 +71,7 @@ class ScenarioFilter(StrictFilterSet):
 class ScenarioViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Scenarios: named, validated lists of steps."""
 
-    queryset = Scenario.objects.order_by("name")
+    queryset = Scenario.objects.select_related("current_version").order_by("name")
     serializer_class = ScenarioSerializer
     filterset_class = ScenarioFilter
 
@@ -78,7 +79,9 @@ class ScenarioViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def create(self, request):
         data = ScenarioInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        scenario = services.scenario_save(**data.validated_data)
+        scenario = services.scenario_save(
+            **data.validated_data, origin=VersionOrigin.API, created_by=request.user
+        )
         return Response(ScenarioSerializer(scenario).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ScenarioInputSerializer, responses={200: ScenarioSerializer, **ERRORS})
@@ -95,8 +98,21 @@ class ScenarioViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             data=request.data, partial=partial, context={"scenario": scenario}
         )
         data.is_valid(raise_exception=True)
-        scenario = services.scenario_update(scenario=scenario, **data.validated_data)
+        scenario = services.scenario_update(
+            scenario=scenario,
+            **data.validated_data,
+            origin=VersionOrigin.API,
+            created_by=request.user,
+        )
         return Response(ScenarioSerializer(scenario).data)
+
+    @extend_schema(responses={200: ScenarioVersionSerializer(many=True), **ERRORS})
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def versions(self, request, pk=None):
+        """Every saved version, newest first, each with its diff from the version before it."""
+        scenario = _object_or_404(Scenario.objects, pk)
+        page = self.paginate_queryset(selectors.scenario_versions(scenario_id=scenario.id))
+        return self.get_paginated_response(ScenarioVersionSerializer(page, many=True).data)
 
     @extend_schema(request=None, responses={200: ScenarioSerializer, **ERRORS})
     @action(detail=True, methods=["post"])

@@ -40,6 +40,7 @@ ENDPOINTS = [
     ("post", "/api/scenarios/validate/"),
     ("post", "/api/scenarios/{scenario}/deactivate/"),
     ("post", "/api/scenarios/{scenario}/activate/"),
+    ("get", "/api/scenarios/{scenario}/versions/"),
     ("get", "/api/runs/"),
     ("post", "/api/runs/"),
     ("get", "/api/runs/{run}/"),

@@ -38,7 +38,7 @@ SERVER_STATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "POST /api/scenarios/validate/": {"definition": ("",)},
     "POST /api/rate-keys/": {"name": ("already exists",)},
     **{
-        label: {"name": ("already exists",), "definition": ("",)}
+        label: {"name": ("already exists",), "definition": ("",), "definition_source": ("",)}
         for label in (
             "POST /api/scenarios/",
             "PUT /api/scenarios/{id}/",

@@ -16,6 +16,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("directory", type=Path)
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Replace scenarios edited in the admin or the API since their last import.",
+        )
 
     def handle(self, *args, **options):
         directory: Path = options["directory"]
@@ -27,14 +32,17 @@ class Command(BaseCommand):
         failed = 0
         for path in files:
             try:
-                scenario = save_scenario_file(path)
+                scenario, outcome = save_scenario_file(path, force=options["force"])
             except CommandError as exc:
                 failed += 1
                 self.stderr.write(self.style.ERROR(f"✗ {path.name}: {exc}"))
             else:
                 steps = len(scenario.definition["steps"])
                 self.stdout.write(
-                    self.style.SUCCESS(f"✓ {path.name}: {scenario.name} ({steps} steps)")
+                    self.style.SUCCESS(
+                        f"✓ {path.name}: {scenario.name} ({steps} steps, "
+                        f"version {scenario.current_version.number}, {outcome})"
+                    )
                 )
         self.stdout.write(f"{len(files) - failed} imported, {failed} refused")
         if failed:

@@ -11,42 +11,45 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from runs import reports, services
-from runs.models import Priority, StepResult, TestRun
+from runs.models import Priority, Scenario, StepResult, TestRun
+from runs.services import ImportOutcome
+from runs.sources import SourceError, definition_from_source
 from runs.states import TERMINAL_STATUSES
 
 STATUS_MARKS = {"PASSED": "✓", "FAILED": "✗", "ERROR": "!", "SKIPPED": "-"}
 
 
-def load_scenario_file(path: Path) -> dict:
-    """Read a YAML or JSON scenario file into a definition dict."""
+def load_scenario_file(path: Path) -> tuple[dict, str]:
+    """Read a YAML or JSON scenario file: its definition and its text."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc}") from None
     try:
-        definition = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        kind = path.suffix.lstrip(".") or "YAML"
-        raise CommandError(f"{path} is not valid {kind}: {exc}") from None
-    if not isinstance(definition, dict):
-        raise CommandError(f"{path}: a scenario file must hold an object")
-    return definition
+        definition = definition_from_source(text, kind="JSON" if path.suffix == ".json" else "YAML")
+    except SourceError as exc:
+        raise CommandError(f"{path} is {exc}") from None
+    return definition, text
 
 
-def save_scenario_file(path: Path):
-    """Create or update the scenario a file describes (its ``name``, else the file's stem)."""
-    definition = load_scenario_file(path)
+def save_scenario_file(path: Path, *, force: bool = False) -> tuple[Scenario, ImportOutcome]:
+    """Create or update the scenario a file describes (its ``name``, else the file's stem).
+
+    A scenario edited in the admin or the API since its last import is kept unless ``force``.
+    """
+    definition, text = load_scenario_file(path)
     name = definition.get("name") or path.stem
     try:
-        return services.scenario_save(name=name, definition=definition)
+        return services.scenario_import(name=name, definition=definition, source=text, force=force)
     except ValidationError as exc:
         problems = "\n  ".join(m for ms in exc.message_dict.values() for m in ms)
         raise CommandError(f"{path} is not a valid scenario:\n  {problems}") from None
+    except services.ScenarioImportConflict as exc:
+        raise CommandError(f"{path}: {exc}") from None
 
 
 class Command(BaseCommand):
@@ -60,6 +63,9 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=600, help="Seconds to wait at most.")
         parser.add_argument("--junit", type=Path, help="Write a JUnit XML report here (--wait).")
         parser.add_argument("--html", type=Path, help="Write an HTML report here (--wait).")
+        parser.add_argument(
+            "--force", action="store_true", help="Replace the scenario even if edited elsewhere."
+        )
 
     def handle(self, *args, **options):
         try:
@@ -70,7 +76,7 @@ class Command(BaseCommand):
             raise CommandError("--payload must be a JSON object")
         if (options["junit"] or options["html"]) and not options["wait"]:
             raise CommandError("--junit and --html need --wait")
-        scenario = save_scenario_file(options["file"])
+        scenario, _ = save_scenario_file(options["file"], force=options["force"])
         run = services.run_start(scenario=scenario, payload=payload, priority=options["priority"])
         self.stdout.write(f"run {run.id} of {scenario.name} queued ({options['priority']})")
         if not options["wait"]:
