@@ -40,12 +40,16 @@ ERRORS = {
 CONFLICT = {409: OpenApiResponse(ErrorSerializer, "The object's state does not allow this.")}
 
 
-def _attachment(body: str, content_type: str, run: TestRun, extension: str) -> HttpResponse:
+def _report_file(
+    body: str, content_type: str, run: TestRun, extension: str, *, disposition: str
+) -> HttpResponse:
+    """A report with its file name: JUnit as an ``attachment`` to save, the HTML page ``inline``
+    (shown in the browser, saved under that name)."""
     filename = reports.report_filename(run, extension)
     return HttpResponse(
         body,
         content_type=content_type,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'{disposition}; filename="{filename}"'},
     )
 
 
@@ -225,14 +229,18 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def junit(self, request, pk=None):
         """The run as JUnit XML (scenario = testsuite, step = testcase)."""
         run = _object_or_404(selectors.run_list(), pk)
-        return _attachment(reports.run_junit_xml(run), "application/xml", run, "xml")
+        return _report_file(
+            reports.run_junit_xml(run), "application/xml", run, "xml", disposition="attachment"
+        )
 
     @extend_schema(responses={(200, "text/html"): OpenApiTypes.STR, **ERRORS})
     @action(detail=True, methods=["get"])
     def report(self, request, pk=None):
         """A self-contained HTML page with every step, attempt and timing."""
         run = _object_or_404(selectors.run_list(), pk)
-        return _attachment(reports.run_html_report(run), "text/html", run, "html")
+        return _report_file(
+            reports.run_html_report(run), "text/html", run, "html", disposition="inline"
+        )
 
 
 class DeadLetterFilter(StrictFilterSet):

@@ -130,8 +130,11 @@ def test_the_html_report_escapes_hostile_text(api_client):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("path", "extension"), [("junit", "xml"), ("report", "html")])
-def test_report_endpoints_send_an_attachment_with_a_safe_file_name(api_client, path, extension):
+@pytest.mark.parametrize(
+    ("path", "extension", "disposition"),
+    [("junit", "xml", "attachment"), ("report", "html", "inline")],
+)
+def test_report_endpoints_send_a_safe_file_name(api_client, path, extension, disposition):
     run = _run_with_steps(["placeholder"])
     Scenario.objects.filter(id=run.scenario_id).update(name='hostile "; ../x/\x1b scenario')
 
@@ -139,7 +142,7 @@ def test_report_endpoints_send_an_attachment_with_a_safe_file_name(api_client, p
 
     assert response.status_code == 200
     assert response["Content-Disposition"] == (
-        f'attachment; filename="run-{run.id}-hostile-..-x-scenario.{extension}"'
+        f'{disposition}; filename="run-{run.id}-hostile-..-x-scenario.{extension}"'
     )
 
 
