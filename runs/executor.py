@@ -817,7 +817,7 @@ class _RunExecution:
                 pushback = result.pushback
                 if permit is None or pushback is None or plugin.accepts_pushback(expect, pushback):
                     break
-                blocked = pushback_record(key=key, pushback=pushback, sent_at=permit.at)
+                blocked = pushback_record(key=key, pushback=pushback, given_at=permit.given_at)
                 waits.append(
                     {
                         "key": key,
