@@ -227,8 +227,9 @@ def test_slot_locks_do_not_clash_with_the_bigint_lane_locks():
 
 
 class _PushingBack(BaseHTTPRequestHandler):
-    """``/hit?tag=T&refuse=N&retry_after=R``: the first N hits of tag T get 429 (Retry-After R
-    when given), the others 200. Every hit is logged with its time: the independent evidence."""
+    """``/hit?tag=T&refuse=N&retry_after=R&delay=S``: the first N hits of tag T get 429
+    (Retry-After R when given), the others 200, each after S seconds. Every hit is logged with
+    its start and end: the independent evidence."""
 
     hits: list[dict]
     lock: threading.Lock
@@ -241,7 +242,10 @@ class _PushingBack(BaseHTTPRequestHandler):
         query = {key: values[0] for key, values in parse_qs(urlparse(self.path).query).items()}
         with self.lock:
             seen = sum(1 for hit in self.hits if hit["tag"] == query["tag"])
-            self.hits.append({**query, "at": time.monotonic()})
+            hit = {**query, "at": time.monotonic()}
+            self.hits.append(hit)
+        time.sleep(float(query.get("delay", 0)))
+        hit["end"] = time.monotonic()
         refused = seen < int(query.get("refuse", 0))
         body = json.dumps({"hit": seen + 1}).encode()
         self.send_response(429 if refused else 200)
@@ -405,3 +409,22 @@ def test_a_parked_run_can_be_cancelled_and_never_sends_again(pushback_target):
     assert run_cancel(run_id=run.id).status == RunStatus.CANCELLED
     time.sleep(0.5)  # nothing may come: the evidence is an absence
     assert len(pushback_target.times("p-cancel")) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker")
+def test_max_concurrent_holds_across_worker_processes(pushback_target, worker_factory):
+    worker_factory("second", env={"ORCHESTRA_THROTTLE_SLEEP_SECONDS": "2"})
+    RateKey.objects.create(name="k-conc", max_concurrent=1)
+    step = _call(pushback_target, "slow", "conc", "k-conc", delay="0.4")
+    scenario = make_scenario([step, {**step, "name": "slow again"}])
+    runs = [run_start(scenario=scenario) for _ in range(3)]
+
+    assert all(finished(run, timeout=30).status == RunStatus.PASSED for run in runs)
+    hits = sorted((hit["at"], hit["end"]) for hit in pushback_target.hits if hit["tag"] == "conc")
+    assert len(hits) == 6
+    # never two at once: each request started after the one before had ended
+    assert all(start >= end for (_, end), (start, _) in zip(hits, hits[1:], strict=False))
+    assert len({run.worker for run in TestRun.objects.filter(id__in=[r.id for r in runs])}) == 2
+    waits = [w for run in runs for s in run.steps.all() for w in s.tries[0].get("throttled", [])]
+    assert {wait["reason"] for wait in waits} == {"concurrency"}
