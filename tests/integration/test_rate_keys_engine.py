@@ -247,7 +247,7 @@ class _PushingBack(BaseHTTPRequestHandler):
         time.sleep(float(query.get("delay", 0)))
         hit["end"] = time.monotonic()
         refused = seen < int(query.get("refuse", 0))
-        body = json.dumps({"hit": seen + 1}).encode()
+        body = json.dumps({"hit": seen + 1, "echo": query.get("echo")}).encode()
         self.send_response(429 if refused else 200)
         if refused and "retry_after" in query:
             self.send_header("Retry-After", query["retry_after"])
@@ -428,3 +428,23 @@ def test_max_concurrent_holds_across_worker_processes(pushback_target, worker_fa
     assert len({run.worker for run in TestRun.objects.filter(id__in=[r.id for r in runs])}) == 2
     waits = [w for run in runs for s in run.steps.all() for w in s.tries[0].get("throttled", [])]
     assert {wait["reason"] for wait in waits} == {"concurrency"}
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker", "beat")
+def test_a_run_holding_a_secret_capture_waits_in_place_instead_of_parking(pushback_target):
+    steps = [
+        _call(pushback_target, "echo", "s-echo", "k-secret", echo="{{ token }}"),
+        _call(pushback_target, "refused", "s-refused", "k-secret", refuse="1", retry_after="4"),
+    ]
+    steps[0]["capture"] = {"echoed": "$.echo"}  # holds the secret: it must not be stored raw
+    scenario = make_scenario(steps, variables={"token": "s3cret-t0ken-value"}, secrets=["token"])
+    run = finished(run_start(scenario=scenario), timeout=30)
+
+    assert run.status == RunStatus.PASSED, run.error
+    assert run.resume is None and run.throttle_seconds == 0  # never parked
+    first, second = pushback_target.times("s-refused")
+    assert second - first >= 3.95
+    waits = _tries(run, 1)[0]["throttled"]
+    assert [wait["reason"] for wait in waits] == ["pushback 429", "blocked"]
+    assert recorded_steps(run) == {1: [0, 1]}
