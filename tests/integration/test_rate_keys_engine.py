@@ -396,8 +396,10 @@ def test_a_parked_run_gives_its_worker_back_and_resumes_at_the_step_it_stopped_o
 
 
 @pytest.mark.integration
-@pytest.mark.usefixtures("live_db", "throttled_worker")
-def test_a_parked_run_can_be_cancelled_and_never_sends_again(pushback_target):
+@pytest.mark.usefixtures("live_db", "throttled_worker", "beat")
+def test_a_parked_run_is_left_alone_by_the_sweep_until_due_and_can_be_cancelled(
+    pushback_target,
+):
     step = _call(pushback_target, "refused", "p-cancel", "k-cancel", refuse="1", retry_after="10")
     run = run_start(scenario=make_scenario([step]))
 
@@ -406,6 +408,9 @@ def test_a_parked_run_can_be_cancelled_and_never_sends_again(pushback_target):
         return run.status == RunStatus.QUEUED and run.resume_at is not None
 
     wait_for(parked, timeout=20, message="the run to park")
+    time.sleep(2)  # four sweeps (publish grace: 1 s): none may republish it before resume_at
+    run.refresh_from_db()
+    assert (run.status, run.dispatched_at, run.attempt) == (RunStatus.QUEUED, None, 1)
     assert run_cancel(run_id=run.id).status == RunStatus.CANCELLED
     time.sleep(0.5)  # nothing may come: the evidence is an absence
     assert len(pushback_target.times("p-cancel")) == 1
