@@ -288,7 +288,7 @@ def test_unblock_lifts_the_targets_block_for_everyone_and_keeps_the_rest(api_cli
 def test_after_unblock_the_throttle_gives_the_next_request_a_permit_at_once(api_client):
     key = "http://unblock.example.com:80"
     first = permit_take(key=key)
-    pushback_record(key=key, pushback=Pushback(429, 120.0, "120"), sent_at=first.at)
+    pushback_record(key=key, pushback=Pushback(429, 120.0, "120"), given_at=first.given_at)
     held = permit_take(key=key, reserve_within=0)
     assert not held.reserved and held.release_in > 100  # parked until the block ends
     key_id = RateKey.objects.get(name=key).id
