@@ -37,6 +37,14 @@ class RateKey(models.Model):
     throttled_waits_total = models.BigIntegerField(_("throttled waits"), default=0)
     wait_seconds_total = models.FloatField(_("seconds waited"), default=0.0)
     recent_pushbacks = models.JSONField(_("recent 429s"), default=list, blank=True)
+    # What learning needs: the requests granted since ``window_started_at`` (the last pushback,
+    # or the start of the key's current busy spell), how many pushbacks came in a row and when
+    # the last came; ``release_tat`` paces the release of the runs that park on the key.
+    window_started_at = models.DateTimeField(_("counting since"), null=True, blank=True)
+    window_requests = models.BigIntegerField(_("requests since"), default=0)
+    consecutive_pushbacks = models.PositiveIntegerField(_("429s in a row"), default=0)
+    last_pushback_at = models.DateTimeField(_("last 429"), null=True, blank=True)
+    release_tat = models.DateTimeField(_("next release of a parked run"), null=True, blank=True)
 
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

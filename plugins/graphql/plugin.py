@@ -8,6 +8,7 @@ from plugins.base import (
     PluginError,
     PluginResult,
     ProtocolPlugin,
+    Pushback,
     StepContext,
 )
 from plugins.bodies import decode_text, summarize_text
@@ -18,6 +19,7 @@ from plugins.http.plugin import (
     send_request,
     status_assertion,
 )
+from plugins.pushback import http_pushback, url_rate_target
 
 
 class GraphqlPlugin(ProtocolPlugin):
@@ -118,7 +120,14 @@ class GraphqlPlugin(ProtocolPlugin):
             },
             request=request_summary,
             response=exchange.summary(text),
+            pushback=http_pushback(exchange.status, exchange.headers),
         )
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        return url_rate_target(params["url"])
+
+    def accepts_pushback(self, expect: dict[str, Any], pushback: Pushback) -> bool:
+        return status_assertion(expect.get("status", 200), pushback.status).passed
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         assertions = [status_assertion(expect.get("status", 200), result.fields["status"])]

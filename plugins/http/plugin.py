@@ -21,11 +21,13 @@ from plugins.base import (
     PluginError,
     PluginResult,
     ProtocolPlugin,
+    Pushback,
     StepContext,
     check_json_paths,
 )
 from plugins.bodies import decode_text, summarize, summarize_text
 from plugins.outbound import IPAddress, OutboundRefused, step_outbound_check
+from plugins.pushback import http_pushback, url_rate_target
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 #: ``expect.status``: one HTTP status code, or a list of the accepted ones.
@@ -490,7 +492,14 @@ class HttpPlugin(ProtocolPlugin):
             },
             request=request_summary,
             response=exchange.summary(text),
+            pushback=http_pushback(exchange.status, exchange.headers),
         )
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        return url_rate_target(params["url"])
+
+    def accepts_pushback(self, expect: dict[str, Any], pushback: Pushback) -> bool:
+        return "status" in expect and status_assertion(expect["status"], pushback.status).passed
 
     def check(self, expect: dict[str, Any], result: PluginResult) -> list[Assertion]:
         assertions: list[Assertion] = []
