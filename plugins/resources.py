@@ -50,6 +50,10 @@ class RunResources:
     def __init__(self) -> None:
         self._resources: dict[str, Resource] = {}
 
+    def is_empty(self) -> bool:
+        """Whether no resource is open."""
+        return not self._resources
+
     def add(self, name: str, resource: Resource) -> None:
         """Register ``resource`` as ``name``; a name may be used once per run."""
         if name in self._resources:

@@ -52,6 +52,9 @@ _STEP_SCHEMA = {
             },
         },
         "continue_on_failure": {"type": "boolean"},
+        # The rate key the step's requests count against (targets.throttle); default: the
+        # plugin's rate target, ``scheme://host:port``. As long as RateKey.name allows.
+        "rate_key": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "\\S"},
         # A subscription made before the step runs (plugins/resources.py); later steps await it.
         "listen": {
             "type": "object",

@@ -10,6 +10,20 @@ The flow for one delivery of a run's message:
    together with the run's final status);
 3. write the final status, conditional on still owning the run, and send ``run_finished``.
 
+**Rate keys.** Before each try the step takes a permit for its rate key (``rate_key``, else the
+plugin's ``rate_target``) from ``targets.throttle``. A wait up to
+``ORCHESTRA_THROTTLE_SLEEP_SECONDS`` sleeps in the step (on ``lease.stop``); a longer one parks
+the run (``states.park_run``): its message is acked, no worker slot is held, and the sweep
+publishes it again at its ``resume_at``; it continues at the step it stopped on. A run with a
+capture that holds secret material (it would be stored raw) or an open resource or listener
+(it lives in this process) cannot park: it waits in place, and so do ``finally`` steps and
+later tries of a step. A pushback the step does not accept (``accepts_pushback``) blocks the
+key for every worker and the request is sent again after the block, within the same try: it
+spends neither ``retry.attempts`` nor the queue's ``max_attempts``, only the run's throttle
+budget (``ORCHESTRA_MAX_THROTTLE_WAIT``, kept on the run across parks); past it the step ends
+ERROR "throttled for N s by <key>". Every throttled wait is stored in the try's entry of the
+step's ``tries`` (``"throttled": [{"key", "seconds", "reason"}, ...]``).
+
 A cancel request, a lost claim or a time limit (Celery's soft limit, ``SoftTimeLimitExceeded``)
 interrupts the running step through ``StepContext.stop``. After a cancel or a time limit the
 ``finally`` steps run within ``ORCHESTRA_FINALLY_GRACE_SECONDS`` (and before the hard limit), then
@@ -21,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -39,6 +54,7 @@ from django.db import (
 )
 from django.utils import timezone
 
+import celeryconfig
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.jsonpaths import JsonPathError
 from plugins.registry import UnknownPlugin, get_plugin
@@ -53,7 +69,7 @@ from runs.leases import (
     lease_keeper,
     owner_is_gone,
 )
-from runs.models import StepStatus, TestRun
+from runs.models import StepResult, StepStatus, TestRun
 from runs.policies import DEFAULT_RETRY_INTERVAL, run_status_from_steps, step_retry_delay
 from runs.redaction import redact, redacted_in_logs
 from runs.secrets import RunSecrets
@@ -66,10 +82,20 @@ from runs.states import (
     claim_run,
     finish_run,
     lease_state,
+    park_run,
     store_step,
 )
 from runs.storable import storable, storable_text
 from runs.templating import TemplateError
+from targets.throttle import (
+    Permit,
+    permit_revoked,
+    permit_take,
+    pushback_record,
+    slot_release,
+    slot_take,
+    wait_note,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +105,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # finished already, or running under a live owner
     CANCELLED = "cancelled"  # a cancel requested earlier is confirmed without executing
     LOST = "lost"  # the claim was lost (taken over, or finished by the sweep): nothing written
+    PARKED = "parked"  # waiting for a throttled rate key: back to QUEUED until its resume_at
 
 
 class RunNotFound(LookupError):
@@ -91,6 +118,23 @@ class DeliveryLimitReached(RuntimeError):
 
 class StepNotStored(RuntimeError):
     """Neither a step's result nor its stand-in could be stored; the run ends ERROR with this."""
+
+
+class _Park(Exception):
+    """The step's rate key makes it wait longer than it may sleep: the run gives its slot back."""
+
+    def __init__(self, resume_in: float, waits: list[dict]) -> None:
+        super().__init__(f"parked for {resume_in:.3f} s")
+        self.resume_in = resume_in
+        self.waits = waits
+
+
+class _Throttled(Exception):
+    """The step cannot send: its throttle budget is spent, or the run was told to stop."""
+
+
+#: How often a step waiting for a concurrency slot of its rate key looks again.
+SLOT_POLL_SECONDS = 0.05
 
 
 @dataclass
@@ -233,6 +277,11 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
                     status, error, last_record = executor.execute()
                 except StepNotStored as exc:
                     status, error, last_record = RunStatus.ERROR, str(exc), None
+        if executor.parked is not None:
+            if _park(executor, last_record):
+                return Outcome.PARKED
+            # A cancel came first: the run ends CANCELLED, its last step stored.
+            status, error = RunStatus.CANCELLED, CANCELLED
         if status is None:
             logger.warning("run %s: attempt %s lost its claim; stopped", run_id, claim.attempt)
             return Outcome.LOST
@@ -251,6 +300,34 @@ def run_execute(*, run_id: int, worker: str, delivery: Delivery | None = None) -
             claim.context,
         )
     return Outcome.EXECUTED if finished else Outcome.LOST
+
+
+def _park(executor: _RunExecution, last_record: StepRecord | None) -> bool:
+    """Park the run (see ``states.park_run``); False when a cancel was requested meanwhile.
+
+    A claim lost meanwhile is left alone: park_run writes nothing then, and neither does the
+    finish that follows.
+    """
+    position, park = executor.parked
+    resume = {
+        "position": position,
+        "captures": executor.captures,
+        "waits": park.waits,
+    }
+    parked = park_run(
+        executor.run_id,
+        worker=executor.worker,
+        attempt=executor.attempt,
+        resume_in=park.resume_in,
+        resume=resume,
+        throttle_seconds=executor.throttle_used,
+        last_step=last_record.columns() if last_record is not None else None,
+    )
+    if parked:
+        logger.info(
+            "run %s: parked for %.1f s at step %s", executor.run_id, park.resume_in, position
+        )
+    return parked
 
 
 def _time_limit_error(delivery: Delivery) -> str:
@@ -342,6 +419,15 @@ class _RunExecution:
         self.statuses: list[str] = []
         self.failures: list[StepRecord] = []
         self.pending: StepRecord | None = None
+        #: Where this attempt continues a parked run, and what it parked with.
+        self.resume = claim.resume
+        self.throttle_used = claim.throttle_seconds
+        #: The captures of the steps that passed, kept for a park.
+        self.captures: dict[str, Any] = {}
+        #: (position, _Park) when the run must park.
+        self.parked: tuple[int, _Park] | None = None
+        #: Until its first permit, a resumed run may wait in place one sweep interval longer.
+        self.released_by_sweep = claim.resume is not None
         # No finally step may outlast the hard time limit: the final status must still be written.
         self.hard_deadline = lease.budget_ends + delivery.after_budget_seconds
 
@@ -364,10 +450,13 @@ class _RunExecution:
             return RunStatus.ERROR, redact(f"variables: {exc}", self.secrets.values), None
 
         steps = self.definition["steps"]
+        first = self._resumed() if self.resume else 0
         try:
-            self._run_main_steps(steps)
+            self._run_main_steps(steps, first)
         except SoftTimeLimitExceeded:
             self.lease.halt(TIME_LIMIT)
+        if self.parked is not None:
+            return None, "parked", self.pending
         halted = self.lease.reason
         if halted == LOST:
             return None, LOST, None
@@ -389,9 +478,35 @@ class _RunExecution:
         error = "; ".join(f"{r.name}: {r.error}" for r in self.failures if r.error)
         return status, error, self.pending
 
-    def _run_main_steps(self, steps: list[dict]) -> None:
+    def _resumed(self) -> int:
+        """Take up a parked run: the captures and outcomes of the steps before the one it
+        parked on (stored under this attempt); returns that step's position."""
+        position = self.resume["position"]
+        captures = self.resume.get("captures", {})
+        self.secrets.captured(captures)
+        self.scope.update(captures)
+        self.captures.update(captures)
+        earlier = StepResult.objects.filter(
+            run_id=self.run_id, attempt=self.attempt, position__lt=position
+        ).order_by("position")
+        for name, plugin, status, error in earlier.values_list("name", "plugin", "status", "error"):
+            self.statuses.append(status)
+            if status in (StepStatus.FAILED, StepStatus.ERROR):
+                self.failures.append(StepRecord(0, name, plugin, False, status, error=error))
+        return position
+
+    def _may_park(self) -> bool:
+        """Whether the run can be given back while it waits: nothing it holds would be lost
+        (an open resource or listener) or stored raw (a capture holding secret material)."""
+        if not self.resources.is_empty():
+            return False
+        return redact(self.captures, self.secrets.values) == self.captures
+
+    def _run_main_steps(self, steps: list[dict], first: int = 0) -> None:
         skip_reason = ""
         for position, step in enumerate(steps):
+            if position < first:
+                continue  # executed before the run parked; its result is stored
             if not skip_reason and not self._still_owned():
                 skip_reason = f"skipped: run stopped ({self.lease.reason})"
             if self.lease.lost:
@@ -399,7 +514,17 @@ class _RunExecution:
             if skip_reason:
                 self._record(self._skipped(position, step, False, skip_reason))
                 continue
-            record = self._run_step(position, step, is_cleanup=False)
+            try:
+                record = self._run_step(position, step, is_cleanup=False)
+            except _Park as park:
+                if self._still_owned():
+                    self.parked = (position, park)
+                    return
+                if self.lease.lost:
+                    return
+                record = self._skipped(
+                    position, step, False, f"skipped: run stopped ({self.lease.reason})"
+                )
             self._record(record)
             if self.lease.reason:
                 skip_reason = f"skipped: run stopped ({self.lease.reason})"
@@ -520,6 +645,7 @@ class _RunExecution:
         if record.status == StepStatus.PASSED:
             self.secrets.captured(record.captures)
             self.scope.update(record.captures)
+            self.captures.update(record.captures)
         stored = ("request", "response", "captures", "assertions", "tries", "error")
         redacted = redact([getattr(record, name) for name in stored], self.secrets.values)
         for name, value in zip(stored, storable(redacted), strict=True):
@@ -533,20 +659,25 @@ class _RunExecution:
         max_tries = retry.get("attempts", 1)
         interval = retry.get("interval", DEFAULT_RETRY_INTERVAL)
         backoff = retry.get("backoff", 1.0)
+        resumed = self.resume and self.resume["position"] == record.position
         for try_number in range(1, max_tries + 1):
             try_started = time.monotonic()
-            retryable = self._try_step(step, record, timeout, min(cap, try_started + timeout))
+            # A parked run continues its first try: the waits before it parked are that try's.
+            waits: list[dict] = list(self.resume["waits"]) if resumed and try_number == 1 else []
+            may_park = try_number == 1 and not record.is_cleanup and self._may_park()
+            retryable = self._try_step(step, record, timeout, cap, waits, may_park=may_park)
             stop = self.lease.stop
             if stop.is_set():
                 record.status, record.error = StepStatus.ERROR, f"interrupted: {self.lease.reason}"
-            record.tries.append(
-                {
-                    "try": try_number,
-                    "status": record.status,
-                    "duration_ms": round((time.monotonic() - try_started) * 1000, 2),
-                    "error": record.error,
-                }
-            )
+            entry = {
+                "try": try_number,
+                "status": record.status,
+                "duration_ms": round((time.monotonic() - try_started) * 1000, 2),
+                "error": record.error,
+            }
+            if waits:
+                entry["throttled"] = waits
+            record.tries.append(entry)
             if record.status == StepStatus.PASSED or not retryable or try_number == max_tries:
                 return
             if stop.is_set():
@@ -555,6 +686,65 @@ class _RunExecution:
             if stop.wait(min(wait, max(0.0, cap - time.monotonic()))) or not self._still_owned():
                 record.error = f"interrupted: {self.lease.reason}"
                 return
+
+    def _pace(self, key: str, waits: list[dict], *, may_park: bool) -> tuple[Permit, int | None]:
+        """A permit (and a concurrency slot, if the key has a limit) to send one request on
+        ``key``, after sleeping for it; raises :class:`_Park` for a wait too long to sleep
+        (``may_park``), :class:`_Throttled` past the run's throttle budget or when stopped."""
+        sleep_limit = settings.ORCHESTRA_THROTTLE_SLEEP_SECONDS
+        if self.released_by_sweep:
+            # The sweep releases parked runs once per interval: a run it released may wait in
+            # place that much longer, or the runs released together would park again.
+            sleep_limit += celeryconfig.beat_schedule["sweep-runs"]["schedule"]
+        while True:
+            left = settings.ORCHESTRA_MAX_THROTTLE_WAIT - self.throttle_used
+            permit = permit_take(
+                key=key, reserve_within=min(left, sleep_limit if may_park else left)
+            )
+            wait = permit.wait if permit.reserved else permit.release_in
+            if wait > left:
+                raise _Throttled(
+                    f"throttled for {self.throttle_used:.0f} s by {key}: its next slot is "
+                    f"{wait:.0f} s away, past the run's throttle budget "
+                    f"(ORCHESTRA_MAX_THROTTLE_WAIT {settings.ORCHESTRA_MAX_THROTTLE_WAIT:g} s)"
+                )
+            if not permit.reserved:
+                # Released at the key's pace, each a little apart: never all at once.
+                resume_in = wait + random.uniform(0, max(permit.interval, 0.05))
+                self.throttle_used += resume_in
+                waits.append(_wait_entry(key, resume_in, f"{permit.reason or 'rate'}, parked"))
+                raise _Park(resume_in, waits)
+            self.released_by_sweep = False
+            if wait > 0:
+                self._throttle_sleep(wait)
+                waits.append(_wait_entry(key, wait, permit.reason))
+                if permit_revoked(permit):
+                    continue  # a pushback blocked the key past this slot meanwhile
+            if not permit.max_concurrent:
+                return permit, None
+            return permit, self._slot(permit, waits)
+
+    def _slot(self, permit: Permit, waits: list[dict]) -> int:
+        """One of the key's concurrency slots, polled for; the wait counts like any other."""
+        waited = 0.0
+        while (slot := slot_take(permit)) is None:
+            if settings.ORCHESTRA_MAX_THROTTLE_WAIT - self.throttle_used < SLOT_POLL_SECONDS:
+                raise _Throttled(
+                    f"throttled for {self.throttle_used:.0f} s by {permit.key}: its "
+                    f"{permit.max_concurrent} concurrent requests stayed taken"
+                )
+            self._throttle_sleep(SLOT_POLL_SECONDS)
+            waited += SLOT_POLL_SECONDS
+        if waited:
+            wait_note(permit, waited)
+            waits.append(_wait_entry(permit.key, waited, "concurrency"))
+        return slot
+
+    def _throttle_sleep(self, seconds: float) -> None:
+        """Sleep for a rate key on the lease's ``stop`` (so a cancel still ends it at once)."""
+        self.throttle_used += seconds
+        if self.lease.stop.wait(seconds):
+            raise _Throttled(f"interrupted: {self.lease.reason}")
 
     def _context(
         self, step: dict, timeout: float, deadline: float, sent: frozenset[str]
@@ -590,8 +780,20 @@ class _RunExecution:
             record.status = StepStatus.ERROR
             record.error = f"listen {listen['as']}: plugin {listen['plugin']} crashed: {exc}"
 
-    def _try_step(self, step: dict, record: StepRecord, timeout: float, deadline: float) -> bool:
-        """One try; fills ``record`` and returns whether another try may change the outcome."""
+    def _try_step(
+        self,
+        step: dict,
+        record: StepRecord,
+        timeout: float,
+        cap: float,
+        waits: list[dict],
+        *,
+        may_park: bool,
+    ) -> bool:
+        """One try, sent when the step's rate key allows (noting each wait in ``waits``) and
+        sent again after a pushback the step does not accept; fills ``record`` and returns
+        whether another try may change the outcome. Raises :class:`_Park` when the run must be
+        given back (``may_park``) to wait."""
         record.request, record.response, record.captures, record.assertions = {}, {}, {}, []
         try:
             plugin = get_plugin(step["plugin"])
@@ -602,19 +804,39 @@ class _RunExecution:
             problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
                 raise PluginError("; ".join(problems))
-            context = self._context(step, timeout, deadline, sent)
-            result = plugin.execute(params, context)
+            key = step.get("rate_key") or plugin.rate_target(params)
+            while True:
+                permit, slot = self._pace(key, waits, may_park=may_park) if key else (None, None)
+                # The step's timeout counts from the moment it may send.
+                context = self._context(step, timeout, min(cap, time.monotonic() + timeout), sent)
+                try:
+                    result = plugin.execute(params, context)
+                finally:
+                    if slot is not None:
+                        slot_release(permit, slot)
+                pushback = result.pushback
+                if permit is None or pushback is None or plugin.accepts_pushback(expect, pushback):
+                    break
+                blocked = pushback_record(key=key, pushback=pushback, sent_at=permit.at)
+                waits.append(
+                    {
+                        "key": key,
+                        "seconds": round(blocked, 3),
+                        "reason": f"pushback {pushback.status}",
+                        "retry_after": pushback.header,
+                    }
+                )
             record.request, record.response = result.request, result.response
             assertions = plugin.check(expect, result)
             assertions += self._capture(plugin, step.get("capture", {}), result, record)
-        except (TemplateError, UnknownPlugin) as exc:
+        except (TemplateError, UnknownPlugin, _Throttled) as exc:
             record.status, record.error = StepStatus.ERROR, str(exc)
             return False
+        except (_Park, SoftTimeLimitExceeded, DatabaseError):
+            raise  # the throttle's statements: not the plugin's fault
         except PluginError as exc:
             record.status, record.error = StepStatus.ERROR, str(exc)
             return exc.retryable
-        except SoftTimeLimitExceeded:
-            raise
         except Exception as exc:  # a plugin bug must not take the worker down with it
             logger.exception("plugin %s crashed in run %s", step["plugin"], self.run_id)
             record.status = StepStatus.ERROR
@@ -639,6 +861,11 @@ class _RunExecution:
                     Assertion(f"capture {name}", False, expression, None, f"capture {name}: {exc}")
                 )
         return failures
+
+
+def _wait_entry(key: str, seconds: float, reason: str) -> dict[str, Any]:
+    """One throttled wait, as stored in a try's ``throttled`` list."""
+    return {"key": key, "seconds": round(seconds, 3), "reason": reason or "rate"}
 
 
 # Verdicts on blocks longer than this are not remembered (memory).

@@ -95,6 +95,21 @@ class TestRun(models.Model):
         blank=True,
         help_text=_("A running run stays in progress until its worker confirms the cancel."),
     )
+    # A run parked on a throttled rate key (runs.executor) is QUEUED with ``resume_at``: the sweep
+    # publishes it when that time comes, and it continues at the step ``resume`` names.
+    resume_at = models.DateTimeField(
+        _("resumes at"),
+        null=True,
+        blank=True,
+        help_text=_("A run waiting for a throttled rate key continues at this time."),
+    )
+    resume = models.JSONField(_("resume state"), null=True, blank=True)
+    throttle_seconds = models.FloatField(
+        _("throttled (s)"),
+        default=0.0,
+        db_default=0.0,
+        help_text=_("Seconds this run waited on rate keys, of ORCHESTRA_MAX_THROTTLE_WAIT."),
+    )
     queued_at = models.DateTimeField(_("queued"), auto_now_add=True, db_index=True)
     dispatched_at = models.DateTimeField(_("published"), null=True, blank=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)

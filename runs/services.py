@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -250,7 +251,9 @@ def runs_sweep() -> dict[str, int]:
     """Repair runs whose message or worker went missing; safe to run anywhere, any number of
     times.
 
-    - QUEUED runs never published (crash between commit and publish) are published;
+    - QUEUED runs never published (crash between commit and publish) are published, and so are
+      runs parked on a throttled rate key once their ``resume_at`` has come (the throttle
+      spaced those out at the key's pace, with jitter);
     - IN_PROGRESS runs whose lease lapsed (their worker died or froze unnoticed, e.g. a whole
       host) are finished when they must not execute again: CANCELLED when a cancel was
       requested, ERROR when their attempt's time budget is spent (a hard time limit killed it);
@@ -260,7 +263,10 @@ def runs_sweep() -> dict[str, int]:
     grace = timezone.now() - timedelta(seconds=settings.ORCHESTRA_PUBLISH_GRACE_SECONDS)
     unpublished = list(
         TestRun.objects.filter(
-            status=RunStatus.QUEUED, dispatched_at__isnull=True, queued_at__lt=grace
+            Q(resume_at__isnull=True) | Q(resume_at__lte=Now()),
+            status=RunStatus.QUEUED,
+            dispatched_at__isnull=True,
+            queued_at__lt=grace,
         ).order_by("id")[:1000]
     )
     lapsed = list(
@@ -293,7 +299,9 @@ def runs_sweep() -> dict[str, int]:
         ):
             ended["timed_out"] += 1
             _announce_finished(run["id"], RunStatus.ERROR, run["context"])
-        elif transition_run(run["id"], to=RunStatus.QUEUED, dispatched_at=None, **lapsed_lease):
+        elif transition_run(
+            run["id"], to=RunStatus.QUEUED, dispatched_at=None, resume=None, **lapsed_lease
+        ):
             requeued.append(run["id"])
     requeued_runs = list(TestRun.objects.filter(id__in=requeued))
     runs_publish(unpublished + requeued_runs)

@@ -4,9 +4,16 @@ Every status change is a conditional UPDATE (``... WHERE status IN (allowed sour
 processes can never both win a transition; the loser sees 0 rows and backs off.
 
     QUEUED ──claim──> IN_PROGRESS ──> PASSED | FAILED | ERROR
-       │                  │  └──lease lost──> QUEUED (republished by the sweep)
+       │                  │  ├──lease lost──> QUEUED (republished by the sweep)
+       │                  │  └──parked──> QUEUED + resume_at (republished by the sweep then)
        └──> CANCELLED <───┘
     QUEUED ──> ERROR (gave up: delivered too often)
+
+A run that must wait long for a throttled rate key is **parked** (``park_run``): QUEUED again,
+with ``resume_at`` and its ``resume`` state (the step to continue at, the captures so far); the
+claim that resumes it keeps its attempt (the steps before were stored under it and are not
+executed again). A claim that takes over a running run, or the lease sweep, drops that state:
+the next attempt executes the run from the start, as after any lost worker.
 
 A running run is not cancelled by the caller: ``cancel_requested_at`` asks its worker to stop,
 and the run becomes CANCELLED when the worker confirms (``finish_run``) or its lease lapses
@@ -113,6 +120,10 @@ class Claim:
     budget_seconds: float = 0.0
     out_of_time: bool = False
     cancel_requested: bool = False
+    #: Where a parked run continues (``park_run``), None for a run executed from the start.
+    resume: dict[str, Any] | None = None
+    #: Seconds the run already waited on rate keys.
+    throttle_seconds: float = 0.0
 
 
 # Claimable: QUEUED; or IN_PROGRESS when its lease lapsed, its owner is known to be dead
@@ -123,7 +134,9 @@ _CLAIM = PreparedStatement(
     "orchestra_claim_run",
     f"""
 UPDATE runs_testrun
-   SET status = 'IN_PROGRESS', attempt = attempt + 1, worker = %(worker)s,
+   SET status = 'IN_PROGRESS', worker = %(worker)s,
+       attempt = attempt + CASE WHEN status = 'QUEUED' AND resume IS NOT NULL THEN 0 ELSE 1 END,
+       resume = CASE WHEN status = 'QUEUED' THEN resume END, resume_at = NULL,
        lease_expires_at = now() + make_interval(secs => %(lease)s),
        started_at = COALESCE(started_at, now()),
        delivery_id = %(delivery_id)s, delivery_retries = %(delivery_retries)s,
@@ -138,7 +151,7 @@ UPDATE runs_testrun
             AND delivery_retries < %(delivery_retries)s))
 RETURNING attempt, definition, context,
           GREATEST(0, EXTRACT(EPOCH FROM deadline_at - now()))::float8,
-          cancel_requested_at IS NOT NULL
+          cancel_requested_at IS NOT NULL, resume, throttle_seconds
 """,
 )
 
@@ -266,6 +279,55 @@ def finish_run(
         return cursor.fetchone()[0]
 
 
+# Parking: IN_PROGRESS -> QUEUED for the claim's holder, unless a cancel was requested (then
+# the worker finishes the run CANCELLED instead), storing the last step in the same statement.
+# ``dispatched_at`` is cleared: the sweep publishes the run once ``resume_at`` has come.
+_PARK = PreparedStatement(
+    "orchestra_park_run",
+    f"""
+WITH parked AS (
+    UPDATE runs_testrun
+       SET status = 'QUEUED', lease_expires_at = NULL, dispatched_at = NULL,
+           resume_at = now() + make_interval(secs => %(resume_in)s::float8),
+           resume = %(resume)s::jsonb, throttle_seconds = %(throttle_seconds)s::float8
+     WHERE id = %(run_id)s
+       AND {_status_condition(RunStatus.QUEUED, RunStatus.IN_PROGRESS)}
+       AND worker = %(worker)s AND attempt = %(attempt)s AND cancel_requested_at IS NULL
+    RETURNING id
+), step AS ({_STEP_INSERT}
+ WHERE %(step)s::jsonb IS NOT NULL AND EXISTS (SELECT 1 FROM parked))
+SELECT EXISTS (SELECT 1 FROM parked)
+""",
+)
+
+
+def park_run(
+    run_id: int,
+    *,
+    worker: str,
+    attempt: int,
+    resume_in: float,
+    resume: dict[str, Any],
+    throttle_seconds: float,
+    last_step: dict[str, Any] | None = None,
+) -> bool:
+    """IN_PROGRESS -> QUEUED until ``resume_in`` seconds from now, for the owner
+    ``worker``/``attempt``, keeping ``resume`` for the claim that continues the run; False when
+    the run is no longer this attempt's or a cancel was requested (nothing is written)."""
+    params = {
+        "run_id": run_id,
+        "worker": worker,
+        "attempt": attempt,
+        "resume_in": resume_in,
+        "resume": json.dumps(resume, default=_isoformat),
+        "throttle_seconds": throttle_seconds,
+        "step": _step_json(last_step),
+    }
+    with connection.cursor() as cursor:
+        _PARK.execute(cursor, params)
+        return cursor.fetchone()[0]
+
+
 def claim_run(
     run_id: int,
     *,
@@ -298,7 +360,7 @@ def claim_run(
         row = cursor.fetchone()
     if row is None:
         return None
-    attempt, definition, context, budget, cancel_requested = row
+    attempt, definition, context, budget, cancel_requested, resume, throttle_seconds = row
     return Claim(
         run_id,
         attempt,
@@ -307,6 +369,8 @@ def claim_run(
         budget_seconds=budget,
         out_of_time=budget <= 0,
         cancel_requested=cancel_requested,
+        resume=_json(resume),
+        throttle_seconds=throttle_seconds,
     )
 
 
@@ -372,5 +436,6 @@ RAW_SQL_TRANSITIONS: list[tuple[str, str]] = [
     (_STORE_STEP.sql, RunStatus.IN_PROGRESS),
     (_RENEW.sql, RunStatus.IN_PROGRESS),
     (_LEASE_STATE.sql, RunStatus.IN_PROGRESS),
+    (_PARK.sql, RunStatus.QUEUED),
     *((statement.sql, to) for to, statement in _FINISH.items()),
 ]

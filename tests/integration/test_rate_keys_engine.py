@@ -7,14 +7,23 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.db import connection
 
 from plugins.base import Pushback
+from runs.models import TestRun
+from runs.services import run_cancel, run_start
+from runs.states import RunStatus
 from targets.models import RateKey
 from targets.throttle import permit_revoked, permit_take, pushback_record, slot_release, slot_take
-from tests.support import ROOT, worker_database_url
+from tests.factories import make_scenario
+from tests.integration.test_engine_faults import finished, recorded_steps
+from tests.support import ROOT, WorkerProcess, wait_for, worker_database_url
 
 # A process that takes permits of one key as fast as it can and prints their slots.
 _HAMMER = """
@@ -201,3 +210,185 @@ def test_slot_locks_do_not_clash_with_the_bigint_lane_locks():
         other.close()
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(-5, 0)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The executor with real worker processes, against a target that pushes back and logs every hit.
+
+
+class _PushingBack(BaseHTTPRequestHandler):
+    """``/hit?tag=T&refuse=N&retry_after=R``: the first N hits of tag T get 429 (Retry-After R
+    when given), the others 200. Every hit is logged with its time: the independent evidence."""
+
+    hits: list[dict]
+    lock: threading.Lock
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        query = {key: values[0] for key, values in parse_qs(urlparse(self.path).query).items()}
+        with self.lock:
+            seen = sum(1 for hit in self.hits if hit["tag"] == query["tag"])
+            self.hits.append({"tag": query["tag"], "at": time.monotonic()})
+        refused = seen < int(query.get("refuse", 0))
+        self.send_response(429 if refused else 200)
+        if refused and "retry_after" in query:
+            self.send_header("Retry-After", query["retry_after"])
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class PushbackTarget:
+    def __init__(self) -> None:
+        self.hits: list[dict] = []
+        handler = type("Handler", (_PushingBack,), {"hits": self.hits, "lock": threading.Lock()})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hit"
+
+    def times(self, tag: str) -> list[float]:
+        return [hit["at"] for hit in list(self.hits) if hit["tag"] == tag]
+
+
+@pytest.fixture(scope="module")
+def pushback_target():
+    target = PushbackTarget()
+    threading.Thread(target=target.server.serve_forever, daemon=True).start()
+    yield target
+    target.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def throttled_worker(django_db_setup):
+    """One worker (one slot): waits up to 2 s sleep in the step, a run may wait 12 s in all."""
+    worker = WorkerProcess(
+        "throttled",
+        env={"ORCHESTRA_THROTTLE_SLEEP_SECONDS": "2", "ORCHESTRA_MAX_THROTTLE_WAIT": "12"},
+    ).start()
+    yield worker
+    worker.stop()
+
+
+def _call(target: PushbackTarget, name: str, tag: str, key: str, **query) -> dict:
+    return {
+        "name": name,
+        "plugin": "http",
+        "rate_key": key,
+        "with": {"url": target.url, "query": {"tag": tag, **query}},
+        "expect": {"status": 200},
+    }
+
+
+def _tries(run: TestRun, position: int) -> list[dict]:
+    return run.steps.get(position=position).tries
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker")
+def test_a_429_blocks_the_key_and_the_request_is_sent_again_after_it_spending_no_retry(
+    pushback_target,
+):
+    step = _call(pushback_target, "refused once", "once", "k-once", refuse="1", retry_after="1")
+    run = finished(run_start(scenario=make_scenario([step])))
+
+    assert run.status == RunStatus.PASSED, run.error
+    first, second = pushback_target.times("once")
+    assert second - first >= 0.95  # the target's Retry-After, obeyed
+    tries = _tries(run, 0)
+    assert len(tries) == 1  # retry.attempts untouched: the re-send is inside the try
+    reasons = [wait["reason"] for wait in tries[0]["throttled"]]
+    assert reasons == ["pushback 429", "blocked"]
+    assert tries[0]["throttled"][1]["seconds"] == pytest.approx(1.0, abs=0.2)
+    key = RateKey.objects.get(name="k-once")
+    assert key.pushbacks_total == 1 and key.requests_total == 2
+    assert key.recent_pushbacks[0]["retry_after"] == "1"
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker")
+def test_a_step_that_expects_429_gets_it_as_its_result_and_blocks_nobody(pushback_target):
+    step = _call(pushback_target, "tests the limiter", "exempt", "k-exempt", refuse="5")
+    step["expect"] = {"status": 429}
+    run = finished(run_start(scenario=make_scenario([step])))
+
+    assert run.status == RunStatus.PASSED, run.error
+    assert len(pushback_target.times("exempt")) == 1
+    key = RateKey.objects.get(name="k-exempt")
+    assert key.blocked_until is None and key.pushbacks_total == 0
+    assert "throttled" not in _tries(run, 0)[0]
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker")
+def test_past_the_throttle_budget_the_step_ends_error_saying_why(pushback_target):
+    # Each 429 asks for 5 s: longer than a step may sleep, so the run parks each time, and
+    # its budget (12 s) is kept across the parks: the third block would pass it.
+    step = _call(pushback_target, "always refused", "budget", "k-budget", refuse="99")
+    step["with"]["query"]["retry_after"] = "5"
+    run = finished(run_start(scenario=make_scenario([step])), timeout=60)
+
+    assert run.status == RunStatus.ERROR
+    error = run.steps.get(position=0).error
+    assert error.startswith("throttled for 1") and "by k-budget" in error, error
+    assert "ORCHESTRA_MAX_THROTTLE_WAIT" in error
+    assert len(pushback_target.times("budget")) == 3
+    assert run.throttle_seconds <= 12
+    assert recorded_steps(run) == {1: [0]}  # one attempt: parking never counts as one
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker", "beat")
+def test_a_parked_run_gives_its_worker_back_and_resumes_at_the_step_it_stopped_on(
+    pushback_target,
+):
+    steps = [
+        _call(pushback_target, "before", "p-before", "k-park"),
+        _call(pushback_target, "refused", "p-refused", "k-park", refuse="1", retry_after="4"),
+        _call(pushback_target, "after", "p-after", "k-after"),
+    ]
+    steps[0]["capture"] = {"seen": "$"}  # a capture (null: the body is empty) kept across
+    steps[2]["with"]["query"]["seen"] = "{{ seen }}"
+    run = run_start(scenario=make_scenario(steps))
+
+    def parked() -> bool:
+        run.refresh_from_db()
+        return run.status == RunStatus.QUEUED and run.resume_at is not None
+
+    wait_for(parked, timeout=20, message="the run to park")
+    assert run.resume == {
+        "position": 1,
+        "captures": {"seen": None},
+        "waits": run.resume["waits"],
+    }
+    # The only worker is free meanwhile: another run on another key executes at once.
+    other = run_start(scenario=make_scenario([_call(pushback_target, "x", "p-other", "k-other")]))
+    assert finished(other, timeout=3).status == RunStatus.PASSED
+
+    run = finished(run, timeout=30)
+    assert run.status == RunStatus.PASSED, run.error
+    assert len(pushback_target.times("p-before")) == 1  # not executed again
+    first, second = pushback_target.times("p-refused")
+    assert second - first >= 3.95
+    assert len(pushback_target.times("p-after")) == 1
+    assert recorded_steps(run) == {1: [0, 1, 2]}
+    waits = _tries(run, 1)[0]["throttled"]
+    assert [wait["reason"] for wait in waits][:2] == ["pushback 429", "blocked, parked"]
+    assert run.resume_at is None
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker")
+def test_a_parked_run_can_be_cancelled_and_never_sends_again(pushback_target):
+    step = _call(pushback_target, "refused", "p-cancel", "k-cancel", refuse="1", retry_after="10")
+    run = run_start(scenario=make_scenario([step]))
+
+    def parked() -> bool:
+        run.refresh_from_db()
+        return run.status == RunStatus.QUEUED and run.resume_at is not None
+
+    wait_for(parked, timeout=20, message="the run to park")
+    assert run_cancel(run_id=run.id).status == RunStatus.CANCELLED
+    time.sleep(0.5)  # nothing may come: the evidence is an absence
+    assert len(pushback_target.times("p-cancel")) == 1
