@@ -202,20 +202,27 @@ def two_calls(target: TargetProcess):
     return make_scenario([get("first", target, "/health"), get("second", target, "/health")])
 
 
+def pushback_waits(run: TestRun, step: str) -> list[dict]:
+    """The throttled waits a step's stored tries record for pushbacks."""
+    tries = run.steps.get(name=step).tries
+    return [w for t in tries for w in t.get("throttled", []) if w["reason"].startswith("pushback")]
+
+
 @pytest.mark.parametrize(
-    ("form", "rate", "date_skew", "least", "most"),
+    ("form", "date_skew", "blocked", "least", "most"),
     [
-        ("seconds", 0.5, 0, 1.9, 5.0),  # "2"
-        # "<date 2 s after Date>", Date an hour ahead of every clock orchestra has: only measuring
-        # against the response's own Date gives ~2 s (its own clock would say an hour and more).
-        ("date", 0.5, 3600, 0.9, 6.0),
-        ("date", 0.5, -3600, 0.9, 6.0),  # ... and an hour behind (its clock: long past, 0 s)
-        ("huge", 0.5, 0, 2.9, 7.0),  # "86400", capped by ORCHESTRA_MAX_RETRY_AFTER=3
+        ("seconds", 0, (2, 2), 1.9, 5.0),  # "2"
+        # "<date 2 s after Date>" (whole seconds: 2 or 3), Date an hour ahead of every clock
+        # orchestra has: only measuring against the response's own Date gives that (its own
+        # clock would say an hour and more) ...
+        ("date", 3600, (2, 3), 1.9, 6.0),
+        ("date", -3600, (2, 3), 1.9, 6.0),  # ... and an hour behind (its clock: long past, 0 s)
+        ("huge", 0, (3, 3), 2.9, 7.0),  # "86400", capped by ORCHESTRA_MAX_RETRY_AFTER=3
     ],
 )
-def test_retry_after_is_obeyed_in_every_form(fleet, targets, form, rate, date_skew, least, most):
+def test_retry_after_is_obeyed_in_every_form(fleet, targets, form, date_skew, blocked, least, most):
     fleet.use(4, ORCHESTRA_MAX_RETRY_AFTER="3")
-    target = targets(rate=rate, burst=1, retry_after=form, date_skew=date_skew)
+    target = targets(rate=0.5, burst=1, retry_after=form, date_skew=date_skew)
 
     run = finished_run(launch(two_calls(target)))
 
@@ -223,6 +230,8 @@ def test_retry_after_is_obeyed_in_every_form(fleet, targets, form, rate, date_sk
     entries = target.entries()
     assert [e.status for e in entries] == [200, 429, 200]
     assert least <= gap_after_first_429(entries) <= most
+    (wait,) = pushback_waits(run, "second")
+    assert wait["key"] == key_of(target) and blocked[0] <= wait["seconds"] <= blocked[1], wait
 
 
 def test_a_malformed_retry_after_is_ignored_and_the_default_backoff_applies(fleet, targets):
@@ -237,6 +246,7 @@ def test_a_malformed_retry_after_is_ignored_and_the_default_backoff_applies(flee
     # Not sent again at once (that would be hammering) nor never: a default backoff of about 1 s.
     assert 0.8 <= gap_after_first_429(entries) <= 4
     assert len(refused(entries)) <= 2
+    assert pushback_waits(run, "second")[0]["seconds"] == 1  # the default backoff
 
 
 # --- exempt steps and the throttle budget --------------------------------------------------------
