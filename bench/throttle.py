@@ -69,6 +69,8 @@ LABELS = {
     "celery-rate-limit": "Celery rate_limit per worker",
     "retries": "retries with backoff",
 }
+#: Launches of the unmeasured warm-up phase (orchestra's workers' first runs).
+WARM_UP = 40
 #: The share of a phase's first requests during which the limit may still be unknown.
 LEARNING_SHARE = 0.1
 
@@ -140,7 +142,9 @@ def judge(args, entries: list[Entry], started: float, finished: float) -> dict:
 # --- orchestra -----------------------------------------------------------------------------------
 
 
-def orchestra_phase(args, pool: Pool, broker: Broker, target, configured: bool) -> dict:
+def orchestra_phase(
+    args, pool: Pool, broker: Broker, target, configured: bool, launches: int | None = None
+) -> dict:
     from celeryconfig import dead_letter_queue, task_queues
     from queue_catalog.services import queue_records_create
     from runs.services import scenario_save
@@ -155,7 +159,7 @@ def orchestra_phase(args, pool: Pool, broker: Broker, target, configured: bool) 
         RateKey.objects.create(
             name=target.url, requests=args.rate, interval_seconds=1, burst=args.burst
         )
-    per_lane = args.launches // args.lanes
+    per_lane = (launches or args.launches) // args.lanes
     for lane in range(args.lanes):
         url = f"{target.url}/health?lane=l{lane}&n={{{{ payload.n }}}}"
         step = {"name": "call", "plugin": "http", "with": {"url": url}, "expect": {"status": 200}}
@@ -330,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         orchestra_pool.wait_ready(broker)
         peer_pool.wait_ready(broker)
         log(f"target {target.url}; {args.workers} workers each ready")
+        # Warm-up, not measured: the workers' first runs import, connect and prepare statements.
+        orchestra_phase(args, orchestra_pool, broker, target, configured=True, launches=WARM_UP)
         phases = {
             "orchestra-learned": lambda: orchestra_phase(
                 args, orchestra_pool, broker, target, configured=False
