@@ -18,7 +18,7 @@ from plugins.base import Pushback
 
 TOO_MANY_REQUESTS = 429
 SERVICE_UNAVAILABLE = 503
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "amqp": 5672, "amqps": 5671}
 _DELTA_SECONDS = re.compile(r"\d{1,10}")
 
 

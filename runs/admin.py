@@ -248,6 +248,8 @@ class TestRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "cancel_requested_at",
                     "queued_at",
                     "dispatched_at",
+                    "resume_at",
+                    "throttle_seconds",
                     "started_at",
                     "finished_at",
                     "error",

@@ -687,10 +687,13 @@ class _RunExecution:
                 record.error = f"interrupted: {self.lease.reason}"
                 return
 
-    def _pace(self, key: str, waits: list[dict], *, may_park: bool) -> tuple[Permit, int | None]:
+    def _pace(
+        self, key: str, waits: list[dict], cap: float, *, may_park: bool
+    ) -> tuple[Permit, int | None]:
         """A permit (and a concurrency slot, if the key has a limit) to send one request on
         ``key``, after sleeping for it; raises :class:`_Park` for a wait too long to sleep
-        (``may_park``), :class:`_Throttled` past the run's throttle budget or when stopped."""
+        (``may_park``), :class:`_Throttled` past the run's throttle budget or the step's
+        ``cap`` (a ``finally`` step's deadline), or when stopped."""
         sleep_limit = settings.ORCHESTRA_THROTTLE_SLEEP_SECONDS
         if self.released_by_sweep:
             # The sweep releases parked runs once per interval: a run it released may wait in
@@ -698,10 +701,15 @@ class _RunExecution:
             sleep_limit += celeryconfig.beat_schedule["sweep-runs"]["schedule"]
         while True:
             left = settings.ORCHESTRA_MAX_THROTTLE_WAIT - self.throttle_used
-            permit = permit_take(
-                key=key, reserve_within=min(left, sleep_limit if may_park else left)
-            )
+            until_cap = cap - time.monotonic()
+            within = min(left, until_cap, sleep_limit if may_park else math.inf)
+            permit = permit_take(key=key, reserve_within=within)
             wait = permit.wait if permit.reserved else permit.release_in
+            if wait > until_cap:
+                raise _Throttled(
+                    f"throttled by {key}: its next slot is {wait:.0f} s away, after the step's "
+                    "deadline"
+                )
             if wait > left:
                 raise _Throttled(
                     f"throttled for {self.throttle_used:.0f} s by {key}: its next slot is "
@@ -804,9 +812,14 @@ class _RunExecution:
             problems += _block_problems(plugin, "expect", expect, stored_expect)
             if problems:
                 raise PluginError("; ".join(problems))
+            # A key is stored as it is (RateKey.name): a host made of a secret is redacted, so
+            # such steps share one (stricter) key rather than store the secret.
             key = step.get("rate_key") or plugin.rate_target(params)
+            key = redact(key, self.secrets.values) if key else None
             while True:
-                permit, slot = self._pace(key, waits, may_park=may_park) if key else (None, None)
+                permit, slot = (
+                    self._pace(key, waits, cap, may_park=may_park) if key else (None, None)
+                )
                 # The step's timeout counts from the moment it may send.
                 context = self._context(step, timeout, min(cap, time.monotonic() + timeout), sent)
                 try:
@@ -817,7 +830,7 @@ class _RunExecution:
                 pushback = result.pushback
                 if permit is None or pushback is None or plugin.accepts_pushback(expect, pushback):
                     break
-                blocked = pushback_record(key=key, pushback=pushback, sent_at=permit.at)
+                blocked = pushback_record(key=key, pushback=pushback, given_at=permit.given_at)
                 waits.append(
                     {
                         "key": key,

@@ -44,6 +44,9 @@ class RateKey(models.Model):
     window_requests = models.BigIntegerField(_("requests since"), default=0)
     consecutive_pushbacks = models.PositiveIntegerField(_("429s in a row"), default=0)
     last_pushback_at = models.DateTimeField(_("last 429"), null=True, blank=True)
+    #: The interval the key was paced at when the last pushback came: probing is quick up to
+    #: near it and slow beyond.
+    ceiling_interval_seconds = models.FloatField(_("refused at (s)"), null=True, blank=True)
     release_tat = models.DateTimeField(_("next release of a parked run"), null=True, blank=True)
 
     created_at = models.DateTimeField(_("created"), auto_now_add=True)

@@ -9,11 +9,18 @@ from __future__ import annotations
 DEFAULT_BACKOFF_SECONDS = 1.0
 #: Pushbacks less than this apart count as "in a row".
 IN_A_ROW_SECONDS = 60.0
-#: After a pushback the key is paced this much slower than the rate the target accepted.
-SLOWDOWN = 1.2
-#: Each request sent while the key is busy shortens the learned interval by this fraction: a
-#: slow probe upward, ~180 requests from one pushback's slowdown back to the limit (< 1 % 429s).
-PROBE = 0.001
+#: After a pushback the key is paced this much slower than the pace the target refused ...
+SLOWDOWN = 1.1
+#: ... or this much when the target refused it soon (fewer than FAR_REQUESTS accepted since the
+#: last pushback): the pace was far too fast.
+FAR_SLOWDOWN = 2.0
+FAR_REQUESTS = 20
+#: Each request sent while the key is busy shortens the learned interval by a fraction: quickly
+#: (1 %) while the key is paced more than NEAR slower than the pace last refused, slowly beyond
+#: (0.01 %: ~950 requests from one slowdown back to the limit, so few 429s once it is known).
+QUICK_PROBE = 0.01
+PROBE = 0.0001
+NEAR = 1.15
 #: A learned interval shorter than this is forgotten: the key is unlimited again.
 SHORTEST_LEARNED_INTERVAL = 0.0005
 
@@ -35,12 +42,18 @@ def learned_interval(
     The target accepted ``window_requests`` in ``window_seconds`` (since the last pushback, or
     since the key became busy) and then refused one: that pace was too fast, and so was the
     interval the key was paced at (``current`` learned, ``configured``; 0: none), whichever was
-    slowest; the key goes ``SLOWDOWN`` times slower than that.
+    slowest; the key goes ``SLOWDOWN`` times slower than that (``FAR_SLOWDOWN`` when the target
+    accepted only a few requests before refusing).
     """
     accepted = max(1, window_requests)
     observed = max(0.0, window_seconds) / accepted
     paced = max(current or 0.0, configured, observed, SHORTEST_LEARNED_INTERVAL)
-    return paced * SLOWDOWN
+    return paced * (FAR_SLOWDOWN if window_requests < FAR_REQUESTS else SLOWDOWN)
+
+
+def refused_interval(current: float | None, configured: float) -> float:
+    """The pace a pushback refused (the key's ceiling), before slowing down from it."""
+    return max(current or 0.0, configured, SHORTEST_LEARNED_INTERVAL)
 
 
 def in_a_row(previous: int, seconds_since_last: float | None) -> int:

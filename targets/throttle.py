@@ -87,6 +87,8 @@ UPDATE targets_ratekey k SET
         WHEN NOT d.reserved OR k.learned_interval_seconds IS NULL OR d.tat IS NULL
              OR d.tat < d.now THEN k.learned_interval_seconds
         WHEN k.learned_interval_seconds * (1 - %(probe)s::float8) < %(shortest)s::float8 THEN NULL
+        WHEN k.learned_interval_seconds > k.ceiling_interval_seconds * %(near)s::float8
+             THEN k.learned_interval_seconds * (1 - %(quick_probe)s::float8)
         ELSE k.learned_interval_seconds * (1 - %(probe)s::float8) END,
     window_started_at = CASE WHEN d.reserved AND d.new_spell THEN d.at ELSE k.window_started_at END,
     window_requests = CASE WHEN NOT d.reserved THEN k.window_requests
@@ -99,7 +101,7 @@ UPDATE targets_ratekey k SET
     updated_at = d.now
   FROM decided d
  WHERE k.id = d.id
-RETURNING k.id, d.reserved, GREATEST(d.wait, 0),
+RETURNING k.id, d.now, d.reserved, GREATEST(d.wait, 0),
           GREATEST(EXTRACT(EPOCH FROM d.release - d.now)::float8, 0), d.at,
           CASE WHEN d.blocked_until > d.now THEN 'blocked' WHEN d.wait > 0 THEN 'rate' ELSE '' END,
           d.t, k.max_concurrent
@@ -126,10 +128,12 @@ class Permit:
 
     key_id: int
     key: str
+    #: When the throttle answered, on the database clock (what a later pushback is compared to).
+    given_at: datetime
     reserved: bool
     wait: float
     release_in: float
-    #: The slot's instant on the database clock (what a later pushback is compared with).
+    #: The slot's instant on the database clock.
     at: datetime
     #: Why the caller waits: "blocked" (a pushback), "rate", or "" (it does not).
     reason: str
@@ -146,6 +150,8 @@ def permit_take(*, key: str, reserve_within: float = math.inf) -> Permit:
         "reserve_within": reserve_within if math.isfinite(reserve_within) else 1e18,
         "busy_gap": BUSY_GAP_SECONDS,
         "probe": policies.PROBE,
+        "quick_probe": policies.QUICK_PROBE,
+        "near": policies.NEAR,
         "shortest": policies.SHORTEST_LEARNED_INTERVAL,
     }
     with connection.cursor() as cursor:
@@ -155,29 +161,34 @@ def permit_take(*, key: str, reserve_within: float = math.inf) -> Permit:
             cursor.execute(_ENSURE_KEY, [key])
             _PERMIT.execute(cursor, params)
             row = cursor.fetchone()
-    key_id, reserved, wait, release_in, at, reason, interval, max_concurrent = row
-    return Permit(key_id, key, reserved, wait, release_in, at, reason, interval, max_concurrent)
+    key_id, given_at, reserved, wait, release_in, at, reason, interval, max_concurrent = row
+    return Permit(
+        key_id, key, given_at, reserved, wait, release_in, at, reason, interval, max_concurrent
+    )
 
 
 def permit_revoked(permit: Permit) -> bool:
-    """Whether a pushback blocked ``permit``'s key past its slot after it was given (checked by
-    a caller that slept until its slot): then it must take a new permit."""
+    """Whether a pushback came after ``permit`` was given, or blocked its key past its slot
+    (checked by a caller that slept until its slot): then it must take a new permit, paced as
+    the key is paced now."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT blocked_until > %s FROM targets_ratekey WHERE id = %s",
-            [permit.at, permit.key_id],
+            "SELECT last_pushback_at > %s OR blocked_until > %s FROM targets_ratekey WHERE id = %s",
+            [permit.given_at, permit.at, permit.key_id],
         )
         row = cursor.fetchone()
     return bool(row and row[0])
 
 
-def pushback_record(*, key: str, pushback: Pushback, sent_at: datetime) -> float:
-    """Block ``key`` for every worker after ``pushback`` (to a request whose permit was for
-    ``sent_at``) and learn from it; returns the seconds from now until the key opens.
+def pushback_record(*, key: str, pushback: Pushback, given_at: datetime) -> float:
+    """Block ``key`` for every worker after ``pushback`` (to a request whose permit was given
+    at ``given_at``) and learn from it; returns the seconds from now until the key opens.
 
-    A pushback to a request sent on a permit older than the key's last pushback was in flight
-    when that one came: it still extends the block to its own ``Retry-After``, but neither
-    counts as one more in a row nor slows the key down again.
+    The permits given before it are revoked (``permit_revoked``): their slots were paced too
+    fast, so the key's slots start again after the block. A pushback to a request sent on a
+    permit older than the key's last pushback was in flight when that one came: it still
+    extends the block to its own ``Retry-After``, but neither counts as one more in a row nor
+    slows the key down again.
     """
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -185,13 +196,16 @@ def pushback_record(*, key: str, pushback: Pushback, sent_at: datetime) -> float
             (now,) = cursor.fetchone()
         rate_key = RateKey.objects.select_for_update().get(name=key)
         last = rate_key.last_pushback_at
-        fresh = last is None or sent_at >= last
+        fresh = last is None or given_at >= last
         in_a_row = rate_key.consecutive_pushbacks
         if fresh:
             since_last = None if last is None else (now - last).total_seconds()
             in_a_row = policies.in_a_row(rate_key.consecutive_pushbacks, since_last)
             window = rate_key.window_started_at
             window_seconds = 0.0 if window is None else (now - window).total_seconds()
+            rate_key.ceiling_interval_seconds = policies.refused_interval(
+                rate_key.learned_interval_seconds, _configured_interval(rate_key)
+            )
             rate_key.learned_interval_seconds = policies.learned_interval(
                 rate_key.learned_interval_seconds,
                 _configured_interval(rate_key),
@@ -205,7 +219,9 @@ def pushback_record(*, key: str, pushback: Pushback, sent_at: datetime) -> float
         interval = max(_configured_interval(rate_key), rate_key.learned_interval_seconds or 0.0)
         tolerance = timedelta(seconds=(rate_key.burst - 1) * interval)
         rate_key.blocked_until = blocked_until
-        rate_key.tat = max(rate_key.tat or now, blocked_until + tolerance)
+        # A fresh pushback revoked every permit given before it: their slots are free again.
+        earliest = blocked_until + tolerance
+        rate_key.tat = earliest if fresh else max(rate_key.tat or now, earliest)
         rate_key.release_tat = max(rate_key.release_tat or now, blocked_until)
         if fresh:
             rate_key.consecutive_pushbacks = in_a_row
@@ -226,6 +242,7 @@ def pushback_record(*, key: str, pushback: Pushback, sent_at: datetime) -> float
 
 _PUSHBACK_FIELDS = (
     "learned_interval_seconds",
+    "ceiling_interval_seconds",
     "blocked_until",
     "tat",
     "release_tat",

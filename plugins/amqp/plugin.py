@@ -17,6 +17,7 @@ from kombu import Connection
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.messages import COUNT_SCHEMA, check_messages, first_message, message_result, parse_body
 from plugins.outbound import IPAddress, OutboundRefused, broker_urls, service_entries
+from plugins.pushback import url_rate_target
 from plugins.resources import AWAIT_SCHEMA, Listener, message_matches
 
 logger = logging.getLogger(__name__)
@@ -331,6 +332,9 @@ class AmqpPlugin(ProtocolPlugin):
         "expect": {"count": 1, "json": {"$[0].status": "created"}},
         "timeout": 10,
     }
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        return url_rate_target(params["url"]) if "url" in params else None
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         if "await" in params:

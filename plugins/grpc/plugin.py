@@ -24,6 +24,7 @@ from plugins.base import (
 )
 from plugins.bodies import summarize_text
 from plugins.grpc.schemas import proto_pool, reflected_pool
+from plugins.pushback import host_rate_target
 
 CODES = [code.name for code in grpc.StatusCode]
 #: Codes that say the server may answer otherwise later: an error that may be retried.
@@ -95,6 +96,10 @@ class GrpcPlugin(ProtocolPlugin):
         },
         "expect": {"code": "OK", "json": {"$.message": "Hello, Ada"}},
     }
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        host, _, port = params["target"].rpartition(":")
+        return host_rate_target("grpc", host, int(port))
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         deadline = context.deadline

@@ -12,6 +12,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from plugins.base import Assertion, PluginError, PluginResult, ProtocolPlugin, StepContext
 from plugins.messages import COUNT_SCHEMA, check_messages, message_result, parse_body
+from plugins.pushback import host_rate_target
 from plugins.resources import AWAIT_SCHEMA, Listener, message_matches
 
 #: What a stored message shows besides its body.
@@ -203,6 +204,9 @@ class MqttPlugin(ProtocolPlugin):
         "plugin": "mqtt",
         "with": {"host": "broker.test", "topic": "home/lamp/set", "json": {"on": True}, "qos": 1},
     }
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        return host_rate_target("mqtt", params["host"], params.get("port", 1883))
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         if "await" in params:

@@ -36,6 +36,7 @@ from plugins.base import (
 )
 from plugins.bodies import binary_summary, summarize_text
 from plugins.outbound import IPAddress, step_outbound_check
+from plugins.pushback import host_rate_target
 
 POSTGRESQL, MYSQL = "postgresql+psycopg2", "mysql+pymysql"
 #: The drivers a DSN's scheme stands for.
@@ -168,6 +169,13 @@ class SqlPlugin(ProtocolPlugin):
         "expect": {"rows": 1, "json": {"$[0].status": "paid"}},
         "capture": {"order_id": "$[0].id"},
     }
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        # A step on a session runs over the connection its opening step was paced for.
+        if "dsn" not in params:
+            return None
+        target = _target(params["dsn"])
+        return host_rate_target(target.backend, target.host, target.port)
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         session_name = params.get("session")

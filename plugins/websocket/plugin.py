@@ -24,6 +24,7 @@ from plugins.base import (
     check_json_paths,
 )
 from plugins.bodies import binary_summary, summarize_text
+from plugins.pushback import url_rate_target
 from plugins.resources import AWAIT_SCHEMA, Listener, message_matches
 
 DEFAULT_PORTS = {"ws": 80, "wss": 443}
@@ -172,6 +173,10 @@ class WebSocketPlugin(ProtocolPlugin):
         },
         "expect": {"count": 1, "json": {"$[0].pair": "EURUSD"}},
     }
+
+    def rate_target(self, params: dict[str, Any]) -> str | None:
+        # A step that uses a session sends over a connection opened (and paced) before.
+        return url_rate_target(params["url"]) if "url" in params else None
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:
         if "await" in params:

@@ -204,6 +204,8 @@ class RunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "cancel_requested_at",
+            "resume_at",
+            "throttle_seconds",
             "error",
         ]
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from targets.policies import SLOWDOWN, block_seconds, in_a_row, learned_interval
+from targets.policies import (
+    FAR_SLOWDOWN,
+    SLOWDOWN,
+    block_seconds,
+    in_a_row,
+    learned_interval,
+    refused_interval,
+)
 
 
 @pytest.mark.parametrize(
@@ -25,31 +32,38 @@ def test_block_seconds(retry_after, in_a_row_, cap, seconds):
 
 
 @pytest.mark.parametrize(
-    ("current", "configured", "requests", "seconds", "paced_at"),
+    ("current", "configured", "requests", "seconds", "paced_at", "slowdown"),
     [
-        (None, 0.0, 10, 1.0, 0.1),  # 10 accepted in 1 s: 10/s was too fast
-        (None, 0.0, 0, 1.0, 1.0),  # refused at once: at least the window per request
-        (0.2, 0.0, 10, 1.0, 0.2),  # the learned pace was slower still: that was too fast
-        (0.05, 0.1, 100, 1.0, 0.1),  # the configured pace is refused: it is too fast
-        (None, 0.0, 5, 0.0, 0.0005),  # no time measured: the shortest interval
-        (None, 0.0, 5, -2.0, 0.0005),  # a window opening in the future
+        (None, 0.0, 100, 1.0, 0.01, SLOWDOWN),  # 100 accepted in 1 s: 100/s was too fast
+        (None, 0.0, 10, 1.0, 0.1, FAR_SLOWDOWN),  # refused soon: far too fast
+        (None, 0.0, 0, 1.0, 1.0, FAR_SLOWDOWN),  # refused at once
+        (0.2, 0.0, 100, 1.0, 0.2, SLOWDOWN),  # the learned pace was slower still: too fast
+        (0.05, 0.1, 100, 1.0, 0.1, SLOWDOWN),  # the configured pace is refused: too fast
+        (None, 0.0, 50, 0.0, 0.0005, SLOWDOWN),  # no time measured: the shortest interval
+        (None, 0.0, 50, -2.0, 0.0005, SLOWDOWN),  # a window opening in the future
     ],
 )
 def test_learned_interval_slows_down_from_the_slowest_pace_known(
-    current, configured, requests, seconds, paced_at
+    current, configured, requests, seconds, paced_at, slowdown
 ):
     learned = learned_interval(current, configured, requests, seconds)
-    assert learned == pytest.approx(paced_at * SLOWDOWN)
+    assert learned == pytest.approx(paced_at * slowdown)
+    assert refused_interval(current, configured) <= learned
 
 
-def test_learning_converges_onto_a_limit_within_a_few_pushbacks():
-    # A target accepting 20/s: each pushback observes the pace that got through.
+def test_learning_halves_the_pace_while_refused_soon_then_slows_gently():
+    # A target accepting 20/s after a burst of 5, a flood at 1000/s: each pushback sees what
+    # got through at the pace before it.
     interval, pushbacks = 0.001, 0
-    while 1 / interval > 20:
-        interval = learned_interval(interval, 0.0, 10, 10 * interval)
+    while True:
+        rate = 1 / interval
+        if rate <= 20:
+            break
+        accepted = 5 + 20 * (5 / (rate - 20))  # until the burst is used up
+        interval = learned_interval(interval, 0.0, int(accepted), accepted * interval)
         pushbacks += 1
-    assert pushbacks <= 40
-    assert 1 / interval > 20 / SLOWDOWN**2
+    assert pushbacks <= 8
+    assert 1 / interval > 20 / FAR_SLOWDOWN
 
 
 @pytest.mark.parametrize(

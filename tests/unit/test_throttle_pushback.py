@@ -86,3 +86,30 @@ def test_graphql_expects_200_unless_told():
     assert not GraphqlPlugin().accepts_pushback({}, Pushback(429, 1.0))
     assert GraphqlPlugin().accepts_pushback({"status": 429}, Pushback(429, 1.0))
     assert GraphqlPlugin().rate_target({"url": "https://g.test/graphql"}) == "https://g.test:443"
+
+
+@pytest.mark.parametrize(
+    ("plugin", "params", "key"),
+    [
+        ("grpc", {"target": "greeter.test:50051"}, "grpc://greeter.test:50051"),
+        ("grpc", {"target": "[::1]:50051"}, "grpc://[::1]:50051"),
+        ("websocket", {"url": "wss://chat.test/ws"}, "wss://chat.test:443"),
+        ("websocket", {"session": "ws1", "send": "x"}, None),  # paced when it was opened
+        ("mqtt", {"host": "Broker.test", "topic": "t"}, "mqtt://broker.test:1883"),
+        ("mqtt", {"host": "broker.test", "port": 8883, "topic": "t"}, "mqtt://broker.test:8883"),
+        ("amqp", {"url": "amqp://u:p@mq.test/vhost"}, "amqp://mq.test:5672"),
+        ("amqp", {"url": "amqps://mq.test:5999"}, "amqps://mq.test:5999"),
+        (
+            "sql",
+            {"dsn": "postgresql://u:secret@db.test/shop", "sql": "select 1"},
+            "postgresql://db.test:5432",
+        ),
+        ("sql", {"dsn": "mysql://u@db.test:3307/shop", "sql": "select 1"}, "mysql://db.test:3307"),
+        ("sql", {"session": "db", "sql": "select 1"}, None),
+        ("delay", {"seconds": 1}, None),  # sends nothing
+    ],
+)
+def test_every_network_plugin_names_its_rate_target_without_credentials(plugin, params, key):
+    from plugins.registry import get_plugin
+
+    assert get_plugin(plugin).rate_target(params) == key
