@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("live_db", "beat"
 
 RATE, BURST = 20, 5
 LAUNCHES, LANES = 500, 20
+BEAT_INTERVAL = 0.5  # the beat fixture's (tests/conftest.py)
 
 
 class Fleet:
@@ -42,7 +43,9 @@ class Fleet:
         """``count`` workers running with ``settings`` (environment variables)."""
         if self.settings != settings or len(self.workers) != count:
             self.stop()
-            self.workers = [WorkerProcess(f"t{i}", env=settings).start() for i in range(count)]
+            # The workers know how often the beat fixture sweeps (a parked run's resume uses it).
+            env = {"ORCHESTRA_SWEEP_INTERVAL_SECONDS": str(BEAT_INTERVAL), **settings}
+            self.workers = [WorkerProcess(f"t{i}", env=env).start() for i in range(count)]
             self.settings = settings
         return self.workers
 
