@@ -26,19 +26,25 @@ from tests.integration.test_engine_faults import finished, recorded_steps
 from tests.support import ROOT, WorkerProcess, wait_for, worker_database_url
 
 # A process that takes permits of one key as fast as it can and prints their slots.
+# With "send", it sleeps for each permit and notes when it would send (the host's monotonic
+# clock, which all its processes share).
 _HAMMER = """
-import json, sys, django
+import json, sys, time, django
 django.setup()
 from targets.throttle import permit_take
 slots = []
 for _ in range(int(sys.argv[2])):
     permit = permit_take(key=sys.argv[1])
-    slots.append([permit.at.timestamp(), permit.wait])
+    if sys.argv[3] == "send":
+        time.sleep(permit.wait)
+        slots.append([time.monotonic(), permit.wait])
+    else:
+        slots.append([permit.at.timestamp(), permit.wait])
 print(json.dumps(slots))
 """
 
 
-def _hammer(key: str, processes: int, permits: int) -> list[float]:
+def _hammer(key: str, processes: int, permits: int, mode: str = "slots") -> list[float]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -46,7 +52,7 @@ def _hammer(key: str, processes: int, permits: int) -> list[float]:
     }
     started = [
         subprocess.Popen(
-            [sys.executable, "-c", _HAMMER, key, str(permits)],
+            [sys.executable, "-c", _HAMMER, key, str(permits), mode],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -86,6 +92,18 @@ def test_permits_of_many_processes_never_exceed_burst_plus_rate_in_any_window():
     key = RateKey.objects.get(name="gcra")
     assert key.requests_total == 120
     assert key.throttled_waits_total >= 110
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_sleeping_for_their_permits_send_at_the_rate_in_every_window():
+    RateKey.objects.create(name="sends", requests=20, interval_seconds=1.0, burst=2)
+    sends = _hammer("sends", processes=4, permits=15, mode="send")
+
+    assert len(sends) == 60
+    # Sleeping is late by a millisecond or so, never early: one send of slack at most.
+    for window in (0.05, 0.5, 1.0):
+        assert _most_in_any_window(sends, window) <= 2 + int(window / 0.05 + 1e-9) + 1, window
+    assert sends[-1] - sends[0] == pytest.approx((60 - 2) * 0.05, abs=0.15)
 
 
 @pytest.mark.django_db(transaction=True)
