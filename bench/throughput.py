@@ -173,8 +173,9 @@ class Worker:
 def worker_commands(
     app: str, queues: str, layout: str, prefix: str, loglevel: str
 ) -> list[tuple[str, list[str]]]:
-    """``2x1``: two ``-c 1`` workers; ``1x2``: one ``-c 2`` worker: two pool processes."""
-    count, concurrency = (2, 1) if layout == "2x1" else (1, 2)
+    """``AxB``: A workers of ``-c B`` each (``2x1``: two ``-c 1`` workers; ``1x2``: one ``-c 2``
+    worker: two pool processes)."""
+    count, concurrency = (int(part) for part in layout.split("x"))
     commands = []
     for index in range(1, count + 1):
         name = f"{prefix}{index}"

@@ -16,20 +16,33 @@ The order flow (``examples/order-flow.yaml``), when started with ``--shop-databa
 ``--shop-events``: ``POST /orders`` (JSON ``{item, quantity}``) inserts a row into the shop's
 PostgreSQL table ``orders``, publishes ``order.created`` with the order on the shop's RabbitMQ
 exchange ``shop``, and answers 201 with the order.
+
+A rate-limited target, when started with ``--rate-limit R`` (requests per second) and ``--burst B``:
+every request counts against one GCRA budget on the target's own clock, and one past it gets
+``429`` with ``Retry-After`` in the form ``--retry-after`` names (:data:`RETRY_AFTER_FORMS`: whole
+seconds, an HTTP date against the response's ``Date``, a value far too large, or a malformed one).
+``--date-skew S`` sets the target's ``Date`` (and date-form ``Retry-After``) S seconds off, so a
+client must measure a date against ``Date``, not against its own clock. ``--log PATH`` appends one
+JSON line per request it saw (``time``: wall time, ``path``, ``query``, ``status``); that log is the
+target's own evidence (``examples/target_evidence.py`` reads and judges it).
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
 import gzip
 import itertools
 import json
+import math
 import random
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO
 from urllib.parse import parse_qs, urlparse
 
 
@@ -73,6 +86,58 @@ BODIES: dict[str, tuple[str, bytes]] = {
 }
 
 
+#: form -> Retry-After value for a wait of ``seconds`` at the target's instant ``now`` (wall time).
+RETRY_AFTER_FORMS: dict[str, Callable[[float, float], str]] = {
+    "seconds": lambda seconds, now: str(math.ceil(seconds)),
+    "date": lambda seconds, now: email.utils.formatdate(math.ceil(now + seconds), usegmt=True),
+    "huge": lambda seconds, now: "86400",
+    "malformed": lambda seconds, now: "soon, please",
+}
+
+
+class RateLimit:
+    """GCRA over every request: ``rate`` per second, ``burst`` at once, on ``clock`` (wall time).
+
+    One theoretical arrival time under a lock: a request conforms when it arrives no earlier
+    than ``tat - (burst - 1) / rate``; a conforming one moves ``tat`` on by ``1 / rate``.
+    """
+
+    def __init__(
+        self, rate: float, burst: int = 1, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a rate limit needs rate > 0 and burst >= 1")
+        self.interval = 1 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self.clock = clock
+        self.tat = 0.0
+        self.lock = threading.Lock()
+
+    def admit(self) -> float | None:
+        """None when the request may pass (it is counted); else the seconds until one may."""
+        with self.lock:
+            now = self.clock()
+            tat = max(self.tat, now)
+            if tat - now > self.tolerance:
+                return tat - now - self.tolerance
+            self.tat = tat + self.interval
+            return None
+
+
+class RequestLog:
+    """One JSON line per request, appended and flushed as it is answered."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, path: str, query: dict[str, str], status: int) -> None:
+        line = json.dumps({"time": time.time(), "path": path, "query": query, "status": status})
+        with self.lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
 class Shop:
     """The order flow's database and event exchange (see the module docstring)."""
 
@@ -109,10 +174,55 @@ class Shop:
 class Handler(BaseHTTPRequestHandler):
     state: State
     shop: Shop | None = None
+    rate_limit: RateLimit | None = None
+    retry_after: str = "seconds"
+    date_skew: float = 0.0
+    request_log: RequestLog | None = None
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format, *args):  # quiet
         pass
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header, by the target's (possibly skewed) clock."""
+        return email.utils.formatdate(
+            (time.time() if timestamp is None else timestamp) + self.date_skew, usegmt=True
+        )
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self.request_log is not None:
+            url = urlparse(self.path)
+            query = {name: values[0] for name, values in parse_qs(url.query).items()}
+            self.request_log.write(url.path, query, code)
+        super().send_response(code, message)
+
+    def parse_request(self) -> bool:
+        # The limit comes before any endpoint: every request counts, whatever it asks for. False
+        # tells the base class that an answer (the 429) was sent already.
+        if not super().parse_request():
+            return False
+        wait = None if self.rate_limit is None else self.rate_limit.admit()
+        if wait is None:
+            return True
+        self._discard_body()
+        self._too_many(wait)
+        return False
+
+    def _discard_body(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+
+    def _too_many(self, wait: float) -> None:
+        now = time.time() + self.date_skew
+        data = json.dumps({"error": "too many requests", "wait": wait}).encode()
+        self.send_response(429)
+        self.send_header("Retry-After", RETRY_AFTER_FORMS[self.retry_after](wait, now))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
 
     def _send(self, status: int, body: object | None = None) -> None:
         data = b"" if body is None else json.dumps(body).encode()
@@ -239,10 +349,31 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    host: str = "127.0.0.1", port: int = 0, *, shop: Shop | None = None
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    shop: Shop | None = None,
+    rate_limit: RateLimit | None = None,
+    retry_after: str = "seconds",
+    date_skew: float = 0.0,
+    request_log: RequestLog | None = None,
 ) -> ThreadingHTTPServer:
-    """A target server bound to ``host:port`` (port 0 picks a free one); call serve_forever()."""
-    handler = type("BoundHandler", (Handler,), {"state": State(), "shop": shop})
+    """A target server bound to ``host:port`` (port 0 picks a free one); call serve_forever().
+    With ``rate_limit`` it answers 429 past it, ``Retry-After`` in the ``retry_after`` form."""
+    if retry_after not in RETRY_AFTER_FORMS:
+        raise ValueError(f"retry_after must be one of {sorted(RETRY_AFTER_FORMS)}")
+    handler = type(
+        "BoundHandler",
+        (Handler,),
+        {
+            "state": State(),
+            "shop": shop,
+            "rate_limit": rate_limit,
+            "retry_after": retry_after,
+            "date_skew": date_skew,
+            "request_log": request_log,
+        },
+    )
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -254,10 +385,23 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--shop-database", help="PostgreSQL URL of the order flow's database")
     parser.add_argument("--shop-events", help="AMQP URL of the order flow's RabbitMQ vhost")
+    parser.add_argument("--rate-limit", type=float, help="requests per second, then 429")
+    parser.add_argument("--burst", type=int, default=1, help="requests at once (with --rate-limit)")
+    parser.add_argument("--retry-after", choices=sorted(RETRY_AFTER_FORMS), default="seconds")
+    parser.add_argument("--date-skew", type=float, default=0.0, help="seconds the Date is off")
+    parser.add_argument("--log", help="append one JSON line per request to this file")
     args = parser.parse_args()
     shop = None
     if args.shop_database and args.shop_events:
         shop = Shop(args.shop_database, args.shop_events)
-    server = make_server(args.host, args.port, shop=shop)
+    server = make_server(
+        args.host,
+        args.port,
+        shop=shop,
+        rate_limit=None if args.rate_limit is None else RateLimit(args.rate_limit, args.burst),
+        retry_after=args.retry_after,
+        date_skew=args.date_skew,
+        request_log=None if args.log is None else RequestLog(open(args.log, "a")),  # noqa: SIM115
+    )
     print(f"target listening on http://{args.host}:{server.server_port}", flush=True)
     server.serve_forever()
