@@ -90,18 +90,6 @@ class GraphqlPlugin(ProtocolPlugin):
             "Accept": "application/graphql-response+json, application/json",
             **params.get("headers", {}),
         }
-        exchange = send_request(
-            self._client,
-            "POST",
-            params["url"],
-            context=context,
-            headers=headers,
-            content=content,
-            timeout=params.get("timeout"),
-        )
-        content_type = exchange.headers.get("content-type", "")
-        text = decode_text(exchange.content, content_type)
-        document = _document(text)
         request_summary: dict[str, Any] = {
             "url": params["url"],
             "headers": dict(params.get("headers", {})),
@@ -110,6 +98,22 @@ class GraphqlPlugin(ProtocolPlugin):
         for key in ("variables", "operation_name"):
             if key in params:
                 request_summary[key] = params[key]
+        try:
+            exchange = send_request(
+                self._client,
+                "POST",
+                params["url"],
+                context=context,
+                headers=headers,
+                content=content,
+                timeout=params.get("timeout"),
+            )
+        except PluginError as exc:
+            exc.request = request_summary  # a refused connection still shows what was tried
+            raise
+        content_type = exchange.headers.get("content-type", "")
+        text = decode_text(exchange.content, content_type)
+        document = _document(text)
         return PluginResult(
             data=document,
             fields={

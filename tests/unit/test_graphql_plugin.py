@@ -109,6 +109,9 @@ def test_an_unreachable_server_is_a_retryable_error():
         )
     assert caught.value.retryable
     assert f"POST http://127.0.0.1:{port}/graphql failed" in str(caught.value)
+    # The attempted request is kept for the step result.
+    assert caught.value.request["url"] == f"http://127.0.0.1:{port}/graphql"
+    assert caught.value.request["query"] == "{ boom }"
 
 
 def test_the_outbound_policy_refuses_orchestras_own_broker():
