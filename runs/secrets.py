@@ -30,19 +30,28 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from runs.redaction import MIN_EMBEDDED_SECRET, texts_of
-from runs.templating import credential_names, referenced_names, render
+from runs.templating import credential_names, member_reads, referenced_names, render
 
 CREDENTIALS = "credentials"
+#: The environment's variables; reading one of its secret variables taints a template.
+ENV = "env"
 
 
 class RunSecrets:
     """The secrets of one run: values to redact, and the tainted names that produce them."""
 
-    def __init__(self, credentials: Mapping[str, str], declared: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        credentials: Mapping[str, str],
+        declared: Collection[str] = (),
+        env_secrets: Mapping[str, str] | None = None,
+    ) -> None:
         self.credentials = dict(credentials)
         self._declared = frozenset(declared)
+        self._env_secrets = dict(env_secrets or {})
         #: Every string that must not reach storage, for :func:`runs.redaction.redact`.
         self.values: set[str] = {value for value in self.credentials.values() if value}
+        self.values |= {value for value in self._env_secrets.values() if value}
         #: Tainted name -> names of the credentials its value may carry.
         self._carries: dict[str, frozenset[str]] = {CREDENTIALS: frozenset(self.credentials)}
         self._carries.update((name, frozenset()) for name in self._declared)
@@ -50,6 +59,8 @@ class RunSecrets:
         self._sources: dict[str, frozenset[str]] = {
             value: frozenset({name}) for name, value in self.credentials.items() if value
         }
+        for value in self._env_secrets.values():
+            self._sources.setdefault(value, frozenset())
 
     def render(self, value: Any, scope: dict[str, Any]) -> tuple[Any, frozenset[str]]:
         """``value`` rendered in ``scope``, and the names of the credentials it carries.
@@ -84,15 +95,26 @@ class RunSecrets:
     def _render(self, value: Any, scope: dict[str, Any]) -> tuple[Any, bool, frozenset[str]]:
         names = referenced_names(value)
         tainted = names & self._carries.keys()
-        carried = frozenset().union(*(self._carries[n] for n in tainted if n != CREDENTIALS))
+        if ENV in names and self._env_secrets and self._reads_env_secret(value):
+            tainted = tainted | {ENV}
+        carried = frozenset().union(
+            *(self._carries[n] for n in tainted if n not in (CREDENTIALS, ENV))
+        )
         if CREDENTIALS in tainted:
             carried |= credential_names(value, self.credentials)
         made: set[str] = set()
         try:
-            rendered = render(value, scope, secret_names=self._carries.keys(), secrets=made)
+            secret_names = self._carries.keys() | ({ENV} & tainted)
+            rendered = render(value, scope, secret_names=secret_names, secrets=made)
         finally:
             self._learn(made, carried)
         return rendered, bool(tainted), carried
+
+    def _reads_env_secret(self, value: Any) -> bool:
+        """Whether a template in ``value`` reads a secret variable of the environment (or
+        reads ``env`` in a way that may)."""
+        reads = member_reads(value, ENV)
+        return reads is None or not reads.isdisjoint(self._env_secrets)
 
     def _learn(self, values: Collection[str], carried: frozenset[str]) -> None:
         for value in values:

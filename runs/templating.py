@@ -622,24 +622,32 @@ def credential_names(value: Any, known: Collection[str]) -> frozenset[str]:
     ``credentials`` (a computed key, the whole mapping, one of its methods) may read any of
     them, so it reads all of ``known``.
     """
+    names = member_reads(value, "credentials")
+    if names is None or not names <= set(known):
+        return frozenset(known)
+    return names
+
+
+def member_reads(value: Any, mapping: str) -> frozenset[str] | None:
+    """The keys the templates in ``value`` read of the mapping named ``mapping`` as
+    ``mapping.KEY`` or ``mapping['KEY']``; None if one uses it in any other way (a computed
+    key, the whole mapping, one of its methods), which may read any key."""
     names: set[str] = set()
     for text in _template_texts(value):
-        direct = _credential_reads(text)
-        if direct is None or not direct <= set(known):
-            return frozenset(known)
+        direct = _member_reads(text, mapping)
+        if direct is None:
+            return None
         names |= direct
     return frozenset(names)
 
 
 @lru_cache(maxsize=1024)
-def _credential_reads(text: str) -> frozenset[str] | None:
-    """The names ``text`` reads as ``credentials.NAME`` or ``credentials['NAME']``; None if
-    it uses ``credentials`` in any other way."""
+def _member_reads(text: str, mapping: str) -> frozenset[str] | None:
     template = _parsed(text)
-    uses = sum(1 for node in template.find_all(nodes.Name) if node.name == "credentials")
+    uses = sum(1 for node in template.find_all(nodes.Name) if node.name == mapping)
     direct = []
     for node in template.find_all((nodes.Getattr, nodes.Getitem)):
-        if not (isinstance(node.node, nodes.Name) and node.node.name == "credentials"):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == mapping):
             continue
         if isinstance(node, nodes.Getattr):
             direct.append(node.attr)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -13,9 +12,8 @@ from rest_framework import serializers
 from plugins.registry import installed_plugins
 from runs.definition import DefinitionError, validate_definition
 from runs.models import DeadLetter, Priority, Scenario, StepResult, TestRun
+from runs.storable import has_unstorable_text
 
-# A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Some character that is not whitespace as Python sees it: CharField strips exactly these, and
 # a text of nothing else is then blank. Spelled out because ECMA's \s (in the published
 # pattern) is another set.
@@ -47,18 +45,6 @@ class ScenarioReferenceField(serializers.CharField):
         return scenario
 
 
-def _has_unstorable_text(value) -> bool:
-    """Whether a key or string at any depth holds a NUL or an unpaired surrogate: PostgreSQL's
-    jsonb stores neither (they were a 500)."""
-    if isinstance(value, str):
-        return _UNSTORABLE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_has_unstorable_text(k) or _has_unstorable_text(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_unstorable_text(item) for item in value)
-    return False
-
-
 @extend_schema_field(OpenApiTypes.OBJECT)
 class JsonObjectField(serializers.JSONField):
     """A JSON value that must be an object, at most ``max_bytes`` long when serialised."""
@@ -71,7 +57,7 @@ class JsonObjectField(serializers.JSONField):
         value = super().to_internal_value(data)
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be a JSON object")
-        if _has_unstorable_text(value):
+        if has_unstorable_text(value):
             raise serializers.ValidationError(
                 "text must not contain NUL characters or unpaired surrogates"
             )
