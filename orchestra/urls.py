@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("runs.api.urls")),
     path("api/", include("queue_catalog.api.urls")),
+    path("api/", include("launches.api.urls")),
 ]
 
 handler404 = "orchestra.api.views.not_found"

@@ -82,7 +82,7 @@ class PrettyJSONFormField(forms.JSONField):
 class ScenarioAdminForm(forms.ModelForm):
     class Meta:
         model = Scenario
-        fields = ["name", "description", "definition", "is_active"]
+        fields = ["name", "description", "tags", "definition", "is_active"]
 
     def _post_clean(self):
         # The model's clean() validates the definition and reports every problem (naming the
@@ -98,11 +98,19 @@ class ScenarioAdminForm(forms.ModelForm):
 @admin.register(Scenario)
 class ScenarioAdmin(admin.ModelAdmin):
     form = ScenarioAdminForm
-    list_display = ["name", "is_active", "step_count", "updated_at", "created_at"]
+    list_display = ["name", "is_active", "tag_list", "step_count", "updated_at", "created_at"]
     list_filter = ["is_active"]
-    search_fields = ["name", "description"]
+    search_fields = ["name", "description", "tags"]
     readonly_fields = ["created_at", "updated_at"]
-    fields = ["name", "description", "definition", "is_active", "created_at", "updated_at"]
+    fields = [
+        "name",
+        "description",
+        "tags",
+        "definition",
+        "is_active",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["start_runs", "activate", "deactivate"]
     formfield_overrides = {
         models.JSONField: {
@@ -112,6 +120,10 @@ class ScenarioAdmin(admin.ModelAdmin):
             ),
         }
     }
+
+    @admin.display(description=_("tags"))
+    def tag_list(self, scenario: Scenario) -> str:
+        return ", ".join(scenario.tags)
 
     @admin.display(description=_("steps"))
     def step_count(self, scenario: Scenario) -> int:
