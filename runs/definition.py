@@ -75,6 +75,7 @@ DEFINITION_SCHEMA = {
     "properties": {
         "name": {"type": "string"},
         "description": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         "variables": {
             "type": "object",
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},

@@ -33,11 +33,13 @@ def scenario_save(
 ) -> Scenario:
     """Create the scenario ``name`` or replace its definition; invalid definitions are refused.
 
-    ``tags`` replace the scenario's tags when given. Raises
+    ``tags`` (else the definition's own ``tags``, if any) replace the scenario's tags. Raises
     ``django.core.exceptions.ValidationError`` naming the step and field at fault.
     """
     scenario = Scenario.objects.filter(name=name).first() or Scenario(name=name)
     scenario.definition = definition
+    if tags is None and isinstance(definition, dict) and isinstance(definition.get("tags"), list):
+        tags = definition["tags"]
     if tags is not None:
         scenario.tags = tags
     if not description and isinstance(definition, dict):

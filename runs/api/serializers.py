@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from plugins.registry import installed_plugins
 from runs.definition import DefinitionError, validate_definition
-from runs.models import DeadLetter, Priority, Scenario, StepResult, TestRun
+from runs.models import TAG_MAX_LENGTH, DeadLetter, Priority, Scenario, StepResult, TestRun
 from runs.storable import has_unstorable_text
 
 # Some character that is not whitespace as Python sees it: CharField strips exactly these, and
@@ -118,6 +118,7 @@ class ScenarioSerializer(serializers.ModelSerializer):
             "name",
             "description",
             "definition",
+            "tags",
             "is_active",
             "created_at",
             "updated_at",
@@ -129,6 +130,12 @@ class ScenarioInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, validators=[_NOT_BLANK])
     description = serializers.CharField(required=False, allow_blank=True, default="")
     definition = DefinitionField()
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=TAG_MAX_LENGTH),
+        required=False,
+        max_length=100,
+        help_text="Tags suite launches pick scenarios by (letters, digits, _ . : -).",
+    )
 
     def validate_name(self, value: str) -> str:
         current = self.context.get("scenario")
