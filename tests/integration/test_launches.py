@@ -99,6 +99,9 @@ def test_names_launch_exactly_those_scenarios_and_a_passing_launch_passes(api_cl
     assert sorted(run.scenario_id for run in runs) == sorted([first.id, second.id])
     assert all(run.context["payload"] == {"k": 1} for run in runs)
     assert all(run.context["launchId"] == launch.id for run in runs)
+    listed = api_client.get("/api/runs/", {"launch": launch.id}).json()["results"]
+    assert sorted(run["id"] for run in listed) == sorted(run.id for run in runs)
+    assert {run["launch"] for run in listed} == {launch.id}
 
 
 def test_data_rows_each_become_a_run_and_the_roll_up_points_at_the_failing_rows(
