@@ -69,6 +69,7 @@ task_routes = {
     "runs.sweep_runs": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
     "runs.collect_dead_letters": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
     "queue_catalog.*": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
+    "launches.*": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
 }
 
 # Late acks + prefetch 1: a crashed worker's message is redelivered, and an urgent message is not
@@ -122,6 +123,11 @@ beat_schedule = {
     },
     "sweep-queue": {
         "task": "queue_catalog.sweep_queue",
+        "schedule": _sweep_interval,
+        "options": {"expires": _sweep_interval * 2},
+    },
+    "sweep-launches": {
+        "task": "launches.sweep_launches",
         "schedule": _sweep_interval,
         "options": {"expires": _sweep_interval * 2},
     },

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "targets",
     "runs",
     "queue_catalog",
+    "launches",  # after queue_catalog: its run_finished receiver must run after the queue's
 ]
 
 MIDDLEWARE = [
@@ -163,6 +164,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "orchestra.api.schema.document_write_limits",
+        "launches.api.schema.document_launch_choices",
     ],
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "runs.states.RunStatus",
@@ -170,6 +172,7 @@ SPECTACULAR_SETTINGS = {
         "PriorityEnum": "runs.models.Priority",
         "DeadLetterStatusEnum": "runs.models.DeadLetterStatus",
         "RecordStatusEnum": "queue_catalog.states.RecordStatus",
+        "LaunchStatusEnum": "launches.states.LaunchStatus",
         "ReachabilityEnum": ["ok", "unreachable", "unknown"],
         "HealthStatusEnum": ["ok", "degraded"],
     },
@@ -180,6 +183,8 @@ ORCHESTRA_API_MAX_BODY_BYTES = env_int("ORCHESTRA_API_MAX_BODY_BYTES", 1_048_576
 ORCHESTRA_API_MAX_JSON_DEPTH = env_int("ORCHESTRA_API_MAX_JSON_DEPTH", 32)
 ORCHESTRA_API_MAX_PAYLOAD_BYTES = env_int("ORCHESTRA_API_MAX_PAYLOAD_BYTES", 65_536)
 DATA_UPLOAD_MAX_MEMORY_SIZE = ORCHESTRA_API_MAX_BODY_BYTES
+# Runs (scenarios × data rows) one launch may start at once.
+ORCHESTRA_LAUNCH_MAX_RUNS = env_int("ORCHESTRA_LAUNCH_MAX_RUNS", 10_000)
 
 # Security headers; HTTPS-only cookies and redirects unless explicitly turned off for local use.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/", include("runs.api.urls")),
     path("api/", include("queue_catalog.api.urls")),
     path("api/", include("targets.api.urls")),
+    path("api/", include("launches.api.urls")),
 ]
 
 handler404 = "orchestra.api.views.not_found"

@@ -39,6 +39,17 @@ class QueueRecord(models.Model):
         _("launch parameters"),
         help_text=_("A JSON object the launched scenario reads as `payload`."),
     )
+    # More launch context for every run of the record (its launch's, its environment's), under
+    # the queue's own keys (``payload``, ``queueRecordId``, ``queueStartCount``).
+    context = models.JSONField(_("launch context"), default=dict, blank=True)
+    launch = models.ForeignKey(
+        "launches.Launch",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="queue_records",
+        verbose_name=_("launch"),
+    )
     # Исполнение
     status = models.CharField(
         _("status"), max_length=16, choices=RecordStatus.choices, default=RecordStatus.SCHEDULED

@@ -35,7 +35,13 @@ from queue_catalog.states import (
     transition_record,
 )
 from runs.models import Priority, Scenario, TestRun
-from runs.services import RunConflict, run_cancel, runs_publish, scenario_require_active
+from runs.services import (
+    RUNS_PER_INSERT,
+    RunConflict,
+    run_cancel,
+    runs_publish,
+    scenario_require_active,
+)
 from runs.states import TERMINAL_STATUSES as RUN_TERMINAL_STATUSES
 from runs.states import RunStatus
 
@@ -73,20 +79,31 @@ def queue_records_create(
     payloads: list[dict[str, Any]],
     priority: str = Priority.NORMAL,
     max_attempts: int | None = None,
+    context: dict[str, Any] | None = None,
+    launch_id: int | None = None,
+    row_key: str | None = None,
 ) -> list[QueueRecord]:
-    """Add several records to one lane with one INSERT, then start its head if the lane is idle."""
+    """Add several records to one lane, one INSERT per ``RUNS_PER_INSERT``, then start its head
+    if the lane is idle. ``context``, ``launch_id`` and ``row_key`` reach every run of the
+    records as in ``runs.services.runs_start``."""
     scenario_require_active(scenario)
-    records = [
-        QueueRecord(
-            scenario=scenario,
-            payload=payload,
-            priority=priority,
-            max_attempts=max_attempts or settings.ORCHESTRA_QUEUE_MAX_ATTEMPTS,
+    records = []
+    for row, payload in enumerate(payloads, start=1):
+        record_context = dict(context or {})
+        if row_key is not None:
+            record_context[row_key] = row
+        records.append(
+            QueueRecord(
+                scenario=scenario,
+                payload=payload,
+                priority=priority,
+                max_attempts=max_attempts or settings.ORCHESTRA_QUEUE_MAX_ATTEMPTS,
+                context=record_context,
+                launch_id=launch_id,
+            )
         )
-        for payload in payloads
-    ]
     with _lane_lock(scenario.id):
-        QueueRecord.objects.bulk_create(records)
+        QueueRecord.objects.bulk_create(records, batch_size=RUNS_PER_INSERT)
         _dispatch_locked(scenario.id)
     fresh = QueueRecord.objects.in_bulk([record.id for record in records])
     return [fresh[record.id] for record in records]

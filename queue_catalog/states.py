@@ -100,15 +100,16 @@ def _start_lane_head_statement() -> tuple[PreparedStatement, dict]:
         scenario_version_id="due.current_version_id",
         priority="due.priority",
         definition="due.definition",
-        context="jsonb_build_object('queueRecordId', due.id, 'queueStartCount', due.start_number,"
-        " 'payload', due.payload)",
+        context="due.context || jsonb_build_object('queueRecordId', due.id,"
+        " 'queueStartCount', due.start_number, 'payload', due.payload)",
+        launch_id="due.launch_id",
     )
     statement = PreparedStatement(
         "orchestra_start_lane_head",
         f"""
 WITH head AS (
     SELECT q.id, q.status, q.next_attempt_at, q.start_count + 1 AS start_number, q.payload,
-           q.priority
+           q.priority, q.context, q.launch_id
       FROM queue_catalog_queuerecord q
      WHERE q.scenario_id = %(scenario_id)s AND {active_sql("q.status")}
      ORDER BY q.lane_position

@@ -125,7 +125,7 @@ class ScenarioAdminForm(forms.ModelForm):
 
     class Meta:
         model = Scenario
-        fields = ["name", "description", "definition_source", "is_active"]
+        fields = ["name", "description", "tags", "definition_source", "is_active"]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -207,14 +207,23 @@ class RunWithPayloadForm(forms.Form):
 @admin.register(Scenario)
 class ScenarioAdmin(admin.ModelAdmin):
     form = ScenarioAdminForm
-    list_display = ["name", "is_active", "step_count", "version_display", "page_link", "updated_at"]
+    list_display = [
+        "name",
+        "is_active",
+        "tag_list",
+        "step_count",
+        "version_display",
+        "page_link",
+        "updated_at",
+    ]
     list_filter = ["is_active"]
-    search_fields = ["name", "description"]
+    search_fields = ["name", "description", "tags"]
     list_select_related = ["current_version"]
     readonly_fields = ["version_display", "created_at", "updated_at"]
     fields = [
         "name",
         "description",
+        "tags",
         "definition_source",
         "is_active",
         "version_display",
@@ -225,6 +234,10 @@ class ScenarioAdmin(admin.ModelAdmin):
     change_form_template = "admin/runs/scenario/change_form.html"
     recent_runs = 20
     stats_window = 50
+
+    @admin.display(description=_("tags"))
+    def tag_list(self, scenario: Scenario) -> str:
+        return ", ".join(scenario.tags)
 
     @admin.display(description=_("steps"))
     def step_count(self, scenario: Scenario) -> int:

@@ -25,7 +25,9 @@ from runs.policies import DEFAULT_RETRY_INTERVAL, MAX_RETRY_DELAY, step_retry_de
 from runs.templating import TemplateError, is_templated, referenced_names, suggestion
 
 # Names every template may read besides variables and captures.
-CONTEXT_NAMES = frozenset({"payload", "queueRecordId", "queueStartCount", "run", "credentials"})
+CONTEXT_NAMES = frozenset(
+    {"payload", "queueRecordId", "queueStartCount", "run", "credentials", "env"}
+)
 
 _STEP_SCHEMA = {
     "type": "object",
@@ -76,6 +78,7 @@ DEFINITION_SCHEMA = {
     "properties": {
         "name": {"type": "string"},
         "description": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         "variables": {
             "type": "object",
             "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},

@@ -87,6 +87,7 @@ from runs.states import (
 )
 from runs.storable import storable, storable_text
 from runs.templating import TemplateError
+from targets.environments import run_environment
 from targets.throttle import (
     Permit,
     permit_revoked,
@@ -406,15 +407,18 @@ class _RunExecution:
         self.definition = claim.definition
         self.lease = lease
         context = claim.context
+        env = run_environment(context.get("env"))
+        credentials = env.credentials(settings.ORCHESTRA_CREDENTIALS)
         self.scope: dict[str, Any] = {
             "payload": context.get("payload", {}),
             "queueRecordId": context.get("queueRecordId"),
             "queueStartCount": context.get("queueStartCount"),
             "run": {"id": run_id, "attempt": claim.attempt},
-            "credentials": settings.ORCHESTRA_CREDENTIALS,
+            "credentials": credentials,
+            "env": env.scope(),
         }
         secret_names = claim.definition.get("secrets", [])
-        self.secrets = RunSecrets(settings.ORCHESTRA_CREDENTIALS, secret_names)
+        self.secrets = RunSecrets(credentials, secret_names, env_secrets=env.secrets)
         self.resources = RunResources()
         self.statuses: list[str] = []
         self.failures: list[StepRecord] = []

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -13,6 +15,15 @@ class Priority(models.TextChoices):
     URGENT = "urgent", _("Urgent")
     NORMAL = "normal", _("Normal")
     BACKGROUND = "background", _("Background")
+
+
+#: How a scenario tag is spelled; ``and``, ``or`` and ``not`` are the expression's words, not tags.
+TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.:-]*"
+TAG_MAX_LENGTH = 50
+_TAG = RegexValidator(
+    rf"^(?!(?:and|or|not)$){TAG_PATTERN}\Z",
+    _("a tag is letters, digits and _ . : - (not 'and', 'or' or 'not')"),
+)
 
 
 class Scenario(models.Model):
@@ -34,6 +45,13 @@ class Scenario(models.Model):
         verbose_name=_("version"),
     )
     is_active = models.BooleanField(_("active"), default=True)
+    tags = ArrayField(
+        models.CharField(max_length=TAG_MAX_LENGTH, validators=[_TAG]),
+        verbose_name=_("tags"),
+        default=list,
+        blank=True,
+        help_text=_("Suite launches pick scenarios by tag expression (smoke and not slow)."),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -140,6 +158,15 @@ class TestRun(models.Model):
     )
     # payload, queueRecordId, queueStartCount ... as seen by templates.
     context = models.JSONField(_("launch context"), default=dict, blank=True)
+    # The suite or data-driven launch this run belongs to (launches.Launch), if any.
+    launch = models.ForeignKey(
+        "launches.Launch",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="runs",
+        verbose_name=_("launch"),
+    )
     attempt = models.PositiveIntegerField(
         _("delivery attempt"), default=0, help_text=_("How many times a worker claimed this run.")
     )

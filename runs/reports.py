@@ -45,44 +45,31 @@ def _seconds(step: StepResult) -> str:
     return f"{(step.duration_ms or 0) / 1000:.3f}"
 
 
-def run_junit_xml(run: TestRun) -> str:
-    """The run's latest attempt as a JUnit XML document (one testsuite inside testsuites)."""
-    steps = latest_attempt_steps(run)
-    counts = {
+def step_counts(steps: list[StepResult]) -> dict[str, int]:
+    """JUnit's ``tests``, ``failures``, ``errors`` and ``skipped`` of these steps."""
+    return {
         "tests": len(steps),
         "failures": sum(step.status == "FAILED" for step in steps),
         "errors": sum(step.status == "ERROR" for step in steps),
         "skipped": sum(step.status == "SKIPPED" for step in steps),
     }
-    total = sum((step.duration_ms or 0) for step in steps) / 1000
-    suites = ElementTree.Element(
-        "testsuites",
-        name="orchestra",
-        time=f"{total:.3f}",
-        **{k: str(v) for k, v in counts.items()},
-    )
-    suite = ElementTree.SubElement(
-        suites,
-        "testsuite",
-        name=run.scenario.name,
-        id=str(run.id),
-        time=f"{total:.3f}",
-        # JUnit's timestamp is ISO 8601; to the second and in UTC, like every time orchestra shows.
-        timestamp=(run.started_at or run.queued_at).astimezone(UTC).isoformat(timespec="seconds"),
-        hostname=run.worker.rpartition(":")[0] or "unknown",
-        **{k: str(v) for k, v in counts.items()},
-    )
-    properties = ElementTree.SubElement(suite, "properties")
-    for name, value in [
-        ("run_id", run.id),
-        ("status", run.status),
-        ("attempt", run.attempt),
-        ("priority", run.priority),
-    ]:
-        ElementTree.SubElement(properties, "property", name=name, value=str(value))
+
+
+def _attributes(counts: dict[str, int], seconds: float) -> dict[str, str]:
+    return {"time": f"{seconds:.3f}", **{k: str(v) for k, v in counts.items()}}
+
+
+def junit_testcases(
+    suite: ElementTree.Element, run: TestRun, steps: list[StepResult], prefix: str = ""
+) -> None:
+    """Add one ``testcase`` per step of ``run`` to ``suite`` (names start with ``prefix``)."""
     for step in steps:
         case = ElementTree.SubElement(
-            suite, "testcase", classname=run.scenario.name, name=step.name, time=_seconds(step)
+            suite,
+            "testcase",
+            classname=run.scenario.name,
+            name=prefix + step.name,
+            time=_seconds(step),
         )
         if step.status == "FAILED":
             failure = ElementTree.SubElement(
@@ -108,10 +95,25 @@ def run_junit_xml(run: TestRun) -> str:
                 indent=2,
                 ensure_ascii=False,
             )
-    ElementTree.indent(suites)
+
+
+def junit_properties(suite: ElementTree.Element, properties: list[tuple[str, object]]) -> None:
+    """Add a ``properties`` element with these name/value pairs to ``suite``."""
+    element = ElementTree.SubElement(suite, "properties")
+    for name, value in properties:
+        ElementTree.SubElement(element, "property", name=name, value=str(value))
+
+
+def junit_testsuites(name: str, suites: list[ElementTree.Element]) -> str:
+    """One ``testsuites`` document holding ``suites``, their counts and time summed."""
+    keys = ("tests", "failures", "errors", "skipped")
+    counts = {key: sum(int(suite.get(key, "0")) for suite in suites) for key in keys}
+    seconds = sum(float(suite.get("time", "0")) for suite in suites)
+    root = ElementTree.Element("testsuites", name=name, **_attributes(counts, seconds))
+    root.extend(suites)
+    ElementTree.indent(root)
     return printable(
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        + ElementTree.tostring(suites, encoding="unicode")
+        '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="unicode")
     )
 
 
@@ -175,6 +177,32 @@ def run_report(run: TestRun) -> dict:
             for number in attempts
         ],
     }
+
+
+def run_junit_xml(run: TestRun) -> str:
+    """The run's latest attempt as a JUnit XML document (one testsuite inside testsuites)."""
+    steps = latest_attempt_steps(run)
+    total = sum((step.duration_ms or 0) for step in steps) / 1000
+    suite = ElementTree.Element(
+        "testsuite",
+        name=run.scenario.name,
+        id=str(run.id),
+        # JUnit's timestamp is ISO 8601; to the second and in UTC, like every time orchestra shows.
+        timestamp=(run.started_at or run.queued_at).astimezone(UTC).isoformat(timespec="seconds"),
+        hostname=run.worker.rpartition(":")[0] or "unknown",
+        **_attributes(step_counts(steps), total),
+    )
+    junit_properties(
+        suite,
+        [
+            ("run_id", run.id),
+            ("status", run.status),
+            ("attempt", run.attempt),
+            ("priority", run.priority),
+        ],
+    )
+    junit_testcases(suite, run, steps)
+    return junit_testsuites("orchestra", [suite])
 
 
 def run_html_report(run: TestRun) -> str:

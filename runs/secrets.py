@@ -19,6 +19,10 @@ and response summaries, captures, assertions, tries, errors, and the worker's lo
 :func:`runs.redaction.redacted_in_logs`). The price is over-redaction: a template that mixes a
 credential with public text masks that public text too, which is the right side to err on.
 
+An environment's secret variables (``targets.environments``) are tainted the same way, one key
+of ``env`` each: a template reading ``env.<secret>`` (or ``env`` in a way that may read any
+key) is tainted, one reading only public variables is not.
+
 Each tainted name also carries the names of the credentials its value may hold, so that a step
 can say which credentials its ``with`` block sends (``StepContext.credentials_sent``), for the
 outbound policy to check against each credential's allowed hosts.
@@ -30,19 +34,29 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from runs.redaction import MIN_EMBEDDED_SECRET, texts_of
-from runs.templating import credential_names, referenced_names, render
+from runs.templating import credential_names, member_reads, referenced_names, render
 
 CREDENTIALS = "credentials"
+#: The environment's variables; reading one of its secret variables taints a template.
+ENV = "env"
 
 
 class RunSecrets:
     """The secrets of one run: values to redact, and the tainted names that produce them."""
 
-    def __init__(self, credentials: Mapping[str, str], declared: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        credentials: Mapping[str, str],
+        declared: Collection[str] = (),
+        env_secrets: Mapping[str, str] | None = None,
+    ) -> None:
         self.credentials = dict(credentials)
         self._declared = frozenset(declared)
+        self._env_secrets = dict(env_secrets or {})
+        self._env_secret_names = {f"{ENV}.{name}" for name in self._env_secrets}
         #: Every string that must not reach storage, for :func:`runs.redaction.redact`.
         self.values: set[str] = {value for value in self.credentials.values() if value}
+        self.values |= {value for value in self._env_secrets.values() if value}
         #: Tainted name -> names of the credentials its value may carry.
         self._carries: dict[str, frozenset[str]] = {CREDENTIALS: frozenset(self.credentials)}
         self._carries.update((name, frozenset()) for name in self._declared)
@@ -50,6 +64,8 @@ class RunSecrets:
         self._sources: dict[str, frozenset[str]] = {
             value: frozenset({name}) for name, value in self.credentials.items() if value
         }
+        for value in self._env_secrets.values():
+            self._sources.setdefault(value, frozenset())
 
     def render(
         self, value: Any, scope: dict[str, Any], *, at: str | None = None
@@ -89,15 +105,26 @@ class RunSecrets:
     ) -> tuple[Any, bool, frozenset[str]]:
         names = referenced_names(value)
         tainted = names & self._carries.keys()
-        carried = frozenset().union(*(self._carries[n] for n in tainted if n != CREDENTIALS))
+        if ENV in names and self._env_secrets and self._reads_env_secret(value):
+            tainted = tainted | {ENV}
+        carried = frozenset().union(
+            *(self._carries[n] for n in tainted if n not in (CREDENTIALS, ENV))
+        )
         if CREDENTIALS in tainted:
             carried |= credential_names(value, self.credentials)
         made: set[str] = set()
         try:
-            rendered = render(value, scope, secret_names=self._carries.keys(), secrets=made, at=at)
+            secret_names = self._carries.keys() | self._env_secret_names
+            rendered = render(value, scope, secret_names=secret_names, secrets=made, at=at)
         finally:
             self._learn(made, carried)
         return rendered, bool(tainted), carried
+
+    def _reads_env_secret(self, value: Any) -> bool:
+        """Whether a template in ``value`` reads a secret variable of the environment (or
+        reads ``env`` in a way that may)."""
+        reads = member_reads(value, ENV)
+        return reads is None or not reads.isdisjoint(self._env_secrets)
 
     def _learn(self, values: Collection[str], carried: frozenset[str]) -> None:
         for value in values:

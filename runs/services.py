@@ -36,14 +36,20 @@ def scenario_save(
     source: str = "",
     origin: str = VersionOrigin.CODE,
     created_by: AbstractBaseUser | None = None,
+    tags: list[str] | None = None,
 ) -> Scenario:
     """Create the scenario ``name`` or replace its definition; invalid definitions are refused.
 
     ``source`` is the text ``definition`` was read from (YAML with comments), kept as written.
-    Raises ``django.core.exceptions.ValidationError`` naming the step and field at fault.
+    ``tags`` (else the definition's own ``tags``, if any) replace the scenario's tags. Raises
+    ``django.core.exceptions.ValidationError`` naming the step and field at fault.
     """
     scenario = Scenario.objects.filter(name=name).first() or Scenario(name=name)
     scenario.definition = definition
+    if tags is None and isinstance(definition, dict) and isinstance(definition.get("tags"), list):
+        tags = definition["tags"]
+    if tags is not None:
+        scenario.tags = tags
     if not description and isinstance(definition, dict):
         description = definition.get("description", "")
     scenario.description = description
@@ -59,10 +65,13 @@ def scenario_update(
     source: str = "",
     origin: str = VersionOrigin.CODE,
     created_by: AbstractBaseUser | None = None,
+    tags: list[str] | None = None,
 ) -> Scenario:
     """Change a scenario; a new definition is validated before it is stored."""
     if name is not None:
         scenario.name = name
+    if tags is not None:
+        scenario.tags = tags
     if description is not None:
         scenario.description = description
     if definition is not None:
@@ -193,30 +202,44 @@ def run_start(
     )[0]
 
 
+#: Rows per INSERT of ``runs_start``: a statement's parameters stay far below PostgreSQL's
+#: 65,535 whatever columns TestRun grows.
+RUNS_PER_INSERT = 1000
+
+
 def runs_start(
     *,
     scenario: Scenario,
     payloads: list[dict[str, Any]],
     priority: str = Priority.NORMAL,
     context: dict[str, Any] | None = None,
+    launch_id: int | None = None,
+    row_key: str | None = None,
 ) -> list[TestRun]:
-    """Start one run per payload with a single INSERT; messages go out after commit."""
+    """Start one run per payload, one INSERT per :data:`RUNS_PER_INSERT` runs; messages go out
+    after commit. ``context`` is shared by every run (each adds its ``payload``, and its
+    1-based position among ``payloads`` under ``row_key`` when given); ``launch_id`` ties them
+    to a launch."""
     scenario_require_active(scenario)
     if priority not in Priority.values:
         raise ValidationError({"priority": f"must be one of {Priority.values}"})
-    runs = [
-        new_run(
-            scenario=scenario, priority=priority, context={**(context or {}), "payload": payload}
+    runs = []
+    for row, payload in enumerate(payloads, start=1):
+        run_context = {**(context or {}), "payload": payload}
+        if row_key is not None:
+            run_context[row_key] = row
+        runs.append(
+            new_run(scenario=scenario, priority=priority, context=run_context, launch_id=launch_id)
         )
-        for payload in payloads
-    ]
     with transaction.atomic():
-        TestRun.objects.bulk_create(runs)
+        TestRun.objects.bulk_create(runs, batch_size=RUNS_PER_INSERT)
         transaction.on_commit(lambda: runs_publish(runs))
     return runs
 
 
-def new_run(*, scenario: Scenario, priority: str, context: dict[str, Any]) -> TestRun:
+def new_run(
+    *, scenario: Scenario, priority: str, context: dict[str, Any], launch_id: int | None = None
+) -> TestRun:
     """A new QUEUED run of ``scenario``, not saved yet: the one definition of what a launch
     creates. Its launch decides the columns of :data:`LAUNCH_COLUMNS`; every other column keeps
     the model's default. ``runs_start`` saves these; a launch made in SQL uses :func:`new_run_sql`.
@@ -227,10 +250,18 @@ def new_run(*, scenario: Scenario, priority: str, context: dict[str, Any]) -> Te
         priority=priority,
         definition=scenario.definition,
         context=context,
+        launch_id=launch_id,
     )
 
 
-LAUNCH_COLUMNS = ("scenario_id", "scenario_version_id", "priority", "definition", "context")
+LAUNCH_COLUMNS = (
+    "scenario_id",
+    "scenario_version_id",
+    "priority",
+    "definition",
+    "context",
+    "launch_id",
+)
 
 
 @dataclass(frozen=True)

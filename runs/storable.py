@@ -47,6 +47,22 @@ def storable(value: Any, *, max_chars: int = MAX_CHARS) -> Any:
     return _Walk(max_chars).value(value, 0)
 
 
+# A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def has_unstorable_text(value: Any) -> bool:
+    """Whether a key or string at any depth holds a NUL or an unpaired surrogate: PostgreSQL's
+    jsonb stores neither, so input holding one is refused where it enters."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(has_unstorable_text(k) or has_unstorable_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_unstorable_text(item) for item in value)
+    return False
+
+
 def storable_text(text: str) -> str:
     """``text`` with NUL and lone surrogates escaped (not bounded: callers cut to their column)."""
     if "\x00" not in text:

@@ -503,9 +503,10 @@ def render(
     """Render every template in ``value`` (strings, lists and dicts, recursively).
 
     A value without templates comes back as the very same object. The whole call shares one
-    budget. A template that reads one of ``secret_names`` adds its output and every value
-    computed while rendering it to ``secrets``, also when it fails (its error may quote them).
-    An error names where in ``value`` it happened, below ``at`` (``with.url``) when given.
+    budget. A template that reads one of ``secret_names`` (a name, or ``mapping.key``: one key
+    of a mapping) adds its output and every value computed while rendering it to ``secrets``,
+    also when it fails (its error may quote them). An error names where in ``value`` it
+    happened, below ``at`` (``with.url``) when given.
     """
     try:
         if _active.get() is not None:
@@ -600,7 +601,7 @@ def _render_text(
     _check_source(text)
     state = _active.get()
     try:
-        if secrets is not None and secret_names & _names(text):
+        if secrets is not None and _reads_secret(text, secret_names):
             state.recording = secrets
         expression = _whole_expression(text)
         if expression is not None:
@@ -624,6 +625,21 @@ def _render_text(
         raise TemplateError(f"{exc}{_suggestion(exc, context)}", text=text) from None
     finally:
         state.recording = None
+
+
+def _reads_secret(text: str, secret_names: frozenset[str]) -> bool:
+    """Whether ``text`` reads one of ``secret_names``: a name, or ``mapping.key`` for one key of
+    a mapping (read as ``mapping.key``, ``mapping['key']``, or in a way that may read any key)."""
+    names = _names(text)
+    if secret_names & names:
+        return True
+    for secret in secret_names:
+        mapping, dot, key = secret.partition(".")
+        if dot and mapping in names:
+            reads = _member_reads(text, mapping)
+            if reads is None or key in reads:
+                return True
+    return False
 
 
 def _json_value(value: Any, text: str) -> Any:
@@ -702,24 +718,32 @@ def credential_names(value: Any, known: Collection[str]) -> frozenset[str]:
     ``credentials`` (a computed key, the whole mapping, one of its methods) may read any of
     them, so it reads all of ``known``.
     """
+    names = member_reads(value, "credentials")
+    if names is None or not names <= set(known):
+        return frozenset(known)
+    return names
+
+
+def member_reads(value: Any, mapping: str) -> frozenset[str] | None:
+    """The keys the templates in ``value`` read of the mapping named ``mapping`` as
+    ``mapping.KEY`` or ``mapping['KEY']``; None if one uses it in any other way (a computed
+    key, the whole mapping, one of its methods), which may read any key."""
     names: set[str] = set()
     for text in _template_texts(value):
-        direct = _credential_reads(text)
-        if direct is None or not direct <= set(known):
-            return frozenset(known)
+        direct = _member_reads(text, mapping)
+        if direct is None:
+            return None
         names |= direct
     return frozenset(names)
 
 
 @lru_cache(maxsize=1024)
-def _credential_reads(text: str) -> frozenset[str] | None:
-    """The names ``text`` reads as ``credentials.NAME`` or ``credentials['NAME']``; None if
-    it uses ``credentials`` in any other way."""
+def _member_reads(text: str, mapping: str) -> frozenset[str] | None:
     template = _parsed(text)
-    uses = sum(1 for node in template.find_all(nodes.Name) if node.name == "credentials")
+    uses = sum(1 for node in template.find_all(nodes.Name) if node.name == mapping)
     direct = []
     for node in template.find_all((nodes.Getattr, nodes.Getitem)):
-        if not (isinstance(node.node, nodes.Name) and node.node.name == "credentials"):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == mapping):
             continue
         if isinstance(node, nodes.Getattr):
             direct.append(node.attr)

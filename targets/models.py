@@ -7,6 +7,10 @@ configured gets its row on first use and is unlimited until the target pushes ba
 
 from __future__ import annotations
 
+import re
+
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -65,3 +69,57 @@ class RateKey(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+#: How an environment's variable is named: templates read it as ``env.<name>``.
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class Environment(models.Model):
+    """A named system under test (``staging``, ``prod``): what a launch's templates read as
+    ``env.*``, and the credentials its runs may use.
+
+    ``variables`` are public; ``secret_variables`` are read the same way (``env.<name>``) but
+    never enter a run's stored context: the worker loads them when the run starts, and they
+    are redacted wherever the run stores, shows or logs them (``targets.environments``).
+    ``credentials`` names the entries of ``ORCHESTRA_CREDENTIALS`` the runs may read; each stays
+    bound to its own hosts (``ORCHESTRA_CREDENTIAL_<NAME>_HOSTS``).
+    """
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    description = models.TextField(_("description"), blank=True)
+    variables = models.JSONField(_("variables"), default=dict, blank=True)
+    secret_variables = models.JSONField(
+        _("secret variables"),
+        default=dict,
+        blank=True,
+        help_text=_("Text values; redacted wherever a run stores, shows or logs them."),
+    )
+    credentials = ArrayField(
+        models.CharField(max_length=100),
+        verbose_name=_("credentials"),
+        default=list,
+        blank=True,
+        help_text=_("Names from ORCHESTRA_CREDENTIALS the runs of this environment may read."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("environment")
+        verbose_name_plural = _("environments")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from targets.environments import environment_problems
+
+        problems = environment_problems(
+            variables=self.variables,
+            secret_variables=self.secret_variables,
+            credentials=self.credentials,
+        )
+        if problems:
+            raise ValidationError(problems)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -12,11 +11,18 @@ from rest_framework import serializers
 
 from plugins.registry import installed_plugins
 from runs.definition import DefinitionError, validate_definition
-from runs.models import DeadLetter, Priority, Scenario, ScenarioVersion, StepResult, TestRun
+from runs.models import (
+    TAG_MAX_LENGTH,
+    DeadLetter,
+    Priority,
+    Scenario,
+    ScenarioVersion,
+    StepResult,
+    TestRun,
+)
 from runs.sources import SourceError, definition_from_source, source_diff
+from runs.storable import has_unstorable_text
 
-# A surrogate left in a decoded str is unpaired: JSON's escaped pairs decode to one character.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Some character that is not whitespace as Python sees it: CharField strips exactly these, and
 # a text of nothing else is then blank. Spelled out because ECMA's \s (in the published
 # pattern) is another set.
@@ -48,18 +54,6 @@ class ScenarioReferenceField(serializers.CharField):
         return scenario
 
 
-def _has_unstorable_text(value) -> bool:
-    """Whether a key or string at any depth holds a NUL or an unpaired surrogate: PostgreSQL's
-    jsonb stores neither (they were a 500)."""
-    if isinstance(value, str):
-        return _UNSTORABLE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_has_unstorable_text(k) or _has_unstorable_text(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_unstorable_text(item) for item in value)
-    return False
-
-
 @extend_schema_field(OpenApiTypes.OBJECT)
 class JsonObjectField(serializers.JSONField):
     """A JSON value that must be an object, at most ``max_bytes`` long when serialised."""
@@ -72,7 +66,7 @@ class JsonObjectField(serializers.JSONField):
         value = super().to_internal_value(data)
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be a JSON object")
-        if _has_unstorable_text(value):
+        if has_unstorable_text(value):
             raise serializers.ValidationError(
                 "text must not contain NUL characters or unpaired surrogates"
             )
@@ -142,6 +136,7 @@ class ScenarioSerializer(serializers.ModelSerializer):
             "definition",
             "definition_source",
             "version",
+            "tags",
             "is_active",
             "created_at",
             "updated_at",
@@ -213,6 +208,13 @@ class ScenarioInputSerializer(serializers.Serializer):
             )
         return attrs
 
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=TAG_MAX_LENGTH),
+        required=False,
+        max_length=100,
+        help_text="Tags suite launches pick scenarios by (letters, digits, _ . : -).",
+    )
+
     def validate_name(self, value: str) -> str:
         current = self.context.get("scenario")
         taken = Scenario.objects.filter(name=value)
@@ -263,6 +265,9 @@ class RunSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text="The scenario version the run executed (null: a run older than versions).",
     )
+    launch = serializers.IntegerField(
+        source="launch_id", read_only=True, allow_null=True, help_text="Its launch, if any."
+    )
 
     class Meta:
         model = TestRun
@@ -274,6 +279,7 @@ class RunSerializer(serializers.ModelSerializer):
             "status",
             "priority",
             "context",
+            "launch",
             "attempt",
             "worker",
             "queued_at",

@@ -12,6 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from launches.models import Launch
 from orchestra.api.throttling import WriteRateThrottle
 from plugins.registry import BUILTIN_PLUGINS
 from queue_catalog.models import QueueRecord
@@ -65,6 +66,12 @@ ENDPOINTS = [
     ("patch", "/api/rate-keys/{key}/"),
     ("delete", "/api/rate-keys/{key}/"),
     ("post", "/api/rate-keys/{key}/unblock/"),
+    ("get", "/api/launches/"),
+    ("post", "/api/launches/"),
+    ("get", "/api/launches/{launch}/"),
+    ("get", "/api/launches/{launch}/rows/"),
+    ("get", "/api/launches/{launch}/junit/"),
+    ("get", "/api/launches/{launch}/report/"),
 ]
 READS = [endpoint for endpoint in ENDPOINTS if endpoint[0] == "get"]
 WRITES = [endpoint for endpoint in ENDPOINTS if endpoint[0] != "get"]
@@ -120,12 +127,15 @@ def stored(live_db) -> dict[str, int]:
     )
     record = QueueRecord.objects.create(scenario=scenario, payload={}, status="DONE")
     key = RateKey.objects.create(name="http://127.0.0.1:8081", requests=20, burst=5)
+    launch = Launch.objects.create(status="FAILED", scenario_names=[scenario.name])
+    TestRun.objects.filter(id=run.id).update(launch=launch)
     return {
         "scenario": scenario.id,
         "run": run.id,
         "letter": letter.id,
         "record": record.id,
         "key": key.id,
+        "launch": launch.id,
     }
 
 
@@ -153,7 +163,12 @@ def test_the_endpoint_table_lists_every_operation_of_the_schema(viewer_client):
         for method in methods
     }
     listed = {
-        (method, url.format(scenario="{x}", run="{x}", letter="{x}", record="{x}", key="{x}"))
+        (
+            method,
+            url.format(
+                scenario="{x}", run="{x}", letter="{x}", record="{x}", key="{x}", launch="{x}"
+            ),
+        )
         for method, url in ENDPOINTS
     }
     assert operations - listed == {("get", "/api/health/"), ("get", "/metrics")}
@@ -202,7 +217,7 @@ def test_a_viewer_trying_to_write_gets_403_and_nothing_changes(viewer_client, st
 @pytest.mark.parametrize("endpoint", DETAILS, ids=_label)
 def test_every_detail_endpoint_answers_404_for_an_unknown_id(api_client, endpoint):
     method, url = endpoint
-    ids = dict.fromkeys(["scenario", "run", "letter", "record", "key"], UNKNOWN_ID)
+    ids = dict.fromkeys(["scenario", "run", "letter", "record", "key", "launch"], UNKNOWN_ID)
 
     assert_error(call(api_client, method, url.format(**ids), {}), 404, "not_found")
 
