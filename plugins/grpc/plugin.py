@@ -98,7 +98,9 @@ class GrpcPlugin(ProtocolPlugin):
     }
 
     def rate_target(self, params: dict[str, Any]) -> str | None:
-        host, _, port = params["target"].rpartition(":")
+        host, _, port = params.get("target", "").rpartition(":")
+        if not host or not port.isdigit():
+            return None
         return host_rate_target("grpc", host, int(port))
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:

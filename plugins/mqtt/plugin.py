@@ -206,6 +206,9 @@ class MqttPlugin(ProtocolPlugin):
     }
 
     def rate_target(self, params: dict[str, Any]) -> str | None:
+        # An await step reads from a listener subscribed (and paced) before; it sends nothing.
+        if "host" not in params:
+            return None
         return host_rate_target("mqtt", params["host"], params.get("port", 1883))
 
     def execute(self, params: dict[str, Any], context: StepContext) -> PluginResult:

@@ -97,6 +97,8 @@ def test_graphql_expects_200_unless_told():
         ("websocket", {"session": "ws1", "send": "x"}, None),  # paced when it was opened
         ("mqtt", {"host": "Broker.test", "topic": "t"}, "mqtt://broker.test:1883"),
         ("mqtt", {"host": "broker.test", "port": 8883, "topic": "t"}, "mqtt://broker.test:8883"),
+        ("mqtt", {"await": "events", "count": 1}, None),  # reads a listener: sends nothing
+        ("amqp", {"await": "events"}, None),
         ("amqp", {"url": "amqp://u:p@mq.test/vhost"}, "amqp://mq.test:5672"),
         ("amqp", {"url": "amqps://mq.test:5999"}, "amqps://mq.test:5999"),
         (
