@@ -29,7 +29,7 @@ class DeadLetteringConsumer(Consumer):
 
 app = Celery("orchestra")
 app.config_from_object("celeryconfig")
-app.autodiscover_tasks(["runs", "queue_catalog"])
+app.autodiscover_tasks(["runs", "queue_catalog", "launches", "notifications"])
 
 
 class DeclareDeadLetterQueue(bootsteps.StartStopStep):
