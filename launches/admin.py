@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 
 from launches.models import Launch
@@ -83,7 +84,7 @@ class LaunchAdmin(admin.ModelAdmin):
         if not rows:
             return "—"
         return format_html_join(
-            format_html("<br>"),
+            mark_safe("<br>"),
             '{} · row {} · <a href="{}">run {}</a> {}: {}',
             (
                 (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.apps import apps
 from django.contrib.auth.management import create_permissions
 
-ROLE_APPS = ["runs", "queue_catalog", "orchestra"]
+ROLE_APPS = ["runs", "queue_catalog", "launches", "orchestra"]
 VIEWERS, OPERATORS = "viewers", "operators"
 # What each role is checked for, in the API and the admin.
 VIEW_PERMISSION = "runs.view_testrun"

@@ -154,6 +154,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "orchestra.api.schema.document_write_limits",
+        "launches.api.schema.document_launch_choices",
     ],
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "runs.states.RunStatus",
@@ -161,6 +162,7 @@ SPECTACULAR_SETTINGS = {
         "PriorityEnum": "runs.models.Priority",
         "DeadLetterStatusEnum": "runs.models.DeadLetterStatus",
         "RecordStatusEnum": "queue_catalog.states.RecordStatus",
+        "LaunchStatusEnum": "launches.states.LaunchStatus",
         "ReachabilityEnum": ["ok", "unreachable", "unknown"],
         "HealthStatusEnum": ["ok", "degraded"],
     },

@@ -49,6 +49,7 @@ class RunSecrets:
         self.credentials = dict(credentials)
         self._declared = frozenset(declared)
         self._env_secrets = dict(env_secrets or {})
+        self._env_secret_names = {f"{ENV}.{name}" for name in self._env_secrets}
         #: Every string that must not reach storage, for :func:`runs.redaction.redact`.
         self.values: set[str] = {value for value in self.credentials.values() if value}
         self.values |= {value for value in self._env_secrets.values() if value}
@@ -104,7 +105,7 @@ class RunSecrets:
             carried |= credential_names(value, self.credentials)
         made: set[str] = set()
         try:
-            secret_names = self._carries.keys() | ({ENV} & tainted)
+            secret_names = self._carries.keys() | self._env_secret_names
             rendered = render(value, scope, secret_names=secret_names, secrets=made)
         finally:
             self._learn(made, carried)

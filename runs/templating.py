@@ -448,8 +448,9 @@ def render(
     """Render every template in ``value`` (strings, lists and dicts, recursively).
 
     A value without templates comes back as the very same object. The whole call shares one
-    budget. A template that reads one of ``secret_names`` adds its output and every value
-    computed while rendering it to ``secrets``, also when it fails (its error may quote them).
+    budget. A template that reads one of ``secret_names`` (a name, or ``mapping.key``: one key
+    of a mapping) adds its output and every value computed while rendering it to ``secrets``,
+    also when it fails (its error may quote them).
     """
     if _active.get() is not None:
         return _render(value, context, frozenset(secret_names), secrets)
@@ -522,7 +523,7 @@ def _render_text(
     _check_source(text)
     state = _active.get()
     try:
-        if secrets is not None and secret_names & _names(text):
+        if secrets is not None and _reads_secret(text, secret_names):
             state.recording = secrets
         expression = _whole_expression(text)
         if expression is not None:
@@ -546,6 +547,21 @@ def _render_text(
         raise TemplateError(f"{text!r}: {exc}") from None
     finally:
         state.recording = None
+
+
+def _reads_secret(text: str, secret_names: frozenset[str]) -> bool:
+    """Whether ``text`` reads one of ``secret_names``: a name, or ``mapping.key`` for one key of
+    a mapping (read as ``mapping.key``, ``mapping['key']``, or in a way that may read any key)."""
+    names = _names(text)
+    if secret_names & names:
+        return True
+    for secret in secret_names:
+        mapping, dot, key = secret.partition(".")
+        if dot and mapping in names:
+            reads = _member_reads(text, mapping)
+            if reads is None or key in reads:
+                return True
+    return False
 
 
 def _json_value(value: Any, text: str) -> Any:

@@ -30,6 +30,12 @@ class EnvironmentAdminForm(forms.ModelForm):
         fields = ["name", "description", "variables", "secret_variables", "credentials"]
         widgets = {"secret_variables": SecretVariablesWidget(attrs={"rows": 6, "cols": 80})}
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The admin adds a hidden copy of the initial value for fields with a callable default;
+        # for secrets that copy would carry the values to the page.
+        self.fields["secret_variables"].show_hidden_initial = False
+
     def clean_secret_variables(self):
         value = self.cleaned_data["secret_variables"]
         stored = self.instance.secret_variables if self.instance.pk else {}

@@ -19,7 +19,7 @@ FAILING_ROWS_SHOWN = 100
 @extend_schema_field(
     {
         "oneOf": [
-            {"type": "array", "items": {"type": "object"}},
+            {"type": "array", "items": {"type": "object"}, "minItems": 1},
             {"type": "string", "format": "binary"},
         ],
         "description": "Payload rows: a JSON list of objects, or (multipart) a CSV file with a "
@@ -40,9 +40,13 @@ class DataRowsField(serializers.Field):
             try:
                 data = json.loads(data)
             except ValueError:
-                raise serializers.ValidationError("must be a JSON list or a file") from None
+                raise serializers.ValidationError(
+                    "must be a JSON list, or an uploaded .csv, .jsonl or .ndjson file"
+                ) from None
         if not isinstance(data, list):
-            raise serializers.ValidationError("must be a list of JSON objects or a file")
+            raise serializers.ValidationError(
+                "must be a list of JSON objects, or an uploaded .csv, .jsonl or .ndjson file"
+            )
         return data
 
     def to_representation(self, value):

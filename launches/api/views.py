@@ -91,7 +91,9 @@ class LaunchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         launch = _launch_or_404(launch.id)
         return Response(LaunchDetailSerializer(launch).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=[ROW_STATUS], responses={200: LaunchRowSerializer(many=True)})
+    @extend_schema(
+        parameters=[ROW_STATUS], responses={200: LaunchRowSerializer(many=True), **ERRORS}
+    )
     @action(detail=True, methods=["get"], filterset_class=None)
     def rows(self, request, pk=None):
         """Every row of the launch with its outcome, a page at a time."""

@@ -35,6 +35,14 @@ SERVER_STATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "POST /api/runs/": {"scenario": ("no scenario", "is not active")},
     "POST /api/queue/": {"scenario": ("no scenario", "is not active")},
     "POST /api/scenarios/validate/": {"definition": ("",)},
+    # A tag expression's grammar, the scenarios and environments that exist, and what a data
+    # file holds.
+    "POST /api/launches/": {
+        "tags": ("no active scenario", "expected", "unexpected", "nested", "longer than"),
+        "scenarios": ("no scenario", "not active"),
+        "environment": ("no environment", "reads env."),
+        "data": ("row ", "rows", "UTF-8", ".csv", "CSV", "ORCHESTRA_LAUNCH_MAX_RUNS"),
+    },
     **{
         label: {"name": ("already exists",), "definition": ("",)}
         for label in (
