@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 
 from runs.models import StepResult, TestRun
+from runs.states import RunStatus
 
 
 def run_with_steps(*, run_id: int) -> TestRun:
@@ -27,3 +35,82 @@ def latest_attempt_steps(run: TestRun) -> list[StepResult]:
     steps = list(run.steps.all())
     latest = max((step.attempt for step in steps), default=0)
     return [step for step in steps if step.attempt == latest]
+
+
+@dataclass(frozen=True)
+class ScenarioStats:
+    """A scenario's last ``runs`` finished runs (passed, failed or error; cancelled ones say
+    nothing about the scenario): how many passed, the median duration, and how often the
+    outcome flipped between pass and not-pass, oldest to newest."""
+
+    scenario_id: int
+    runs: int
+    passed: int
+    median_seconds: float | None
+    flips: int
+    last_finished_at: datetime | None
+    flaky: bool
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.runs if self.runs else None
+
+
+# One statement: number each scenario's finished runs newest first, keep the window, compare
+# each outcome with the one before it (LAG) and aggregate per scenario.
+_STATS_SQL = """
+WITH recent AS (
+    SELECT scenario_id, id, status, finished_at,
+           EXTRACT(EPOCH FROM finished_at - started_at) AS seconds,
+           ROW_NUMBER() OVER (PARTITION BY scenario_id ORDER BY finished_at DESC, id DESC) AS n
+    FROM runs_testrun
+    WHERE status IN %(statuses)s AND finished_at IS NOT NULL {where}
+), windowed AS (
+    SELECT scenario_id, status, seconds, finished_at,
+           LAG(status = 'PASSED') OVER (PARTITION BY scenario_id ORDER BY n DESC) AS passed_before
+    FROM recent
+    WHERE n <= %(window)s
+)
+SELECT scenario_id,
+       COUNT(*),
+       COUNT(*) FILTER (WHERE status = 'PASSED'),
+       PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY seconds),
+       COUNT(*) FILTER (WHERE passed_before IS DISTINCT FROM NULL
+                          AND passed_before <> (status = 'PASSED')),
+       MAX(finished_at)
+FROM windowed
+GROUP BY scenario_id
+"""
+
+
+def scenario_stats(
+    *, scenario_ids: Collection[int] | None = None, window: int | None = None
+) -> dict[int, ScenarioStats]:
+    """Pass rate, median duration and flip count over each scenario's last ``window`` finished
+    runs (``ORCHESTRA_FLAKY_WINDOW``), in one query; scenarios without finished runs are
+    absent. Flaky: at least ``ORCHESTRA_FLAKY_MIN_FLIPS`` flips."""
+    window = window or settings.ORCHESTRA_FLAKY_WINDOW
+    params: dict[str, Any] = {
+        "statuses": (RunStatus.PASSED, RunStatus.FAILED, RunStatus.ERROR),
+        "window": window,
+    }
+    where = ""
+    if scenario_ids is not None:
+        if not scenario_ids:
+            return {}
+        where, params["ids"] = "AND scenario_id IN %(ids)s", tuple(scenario_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(_STATS_SQL.format(where=where), params)
+        rows = cursor.fetchall()
+    return {
+        row[0]: ScenarioStats(
+            scenario_id=row[0],
+            runs=row[1],
+            passed=row[2],
+            median_seconds=float(row[3]) if row[3] is not None else None,
+            flips=row[4],
+            last_finished_at=row[5],
+            flaky=row[4] >= settings.ORCHESTRA_FLAKY_MIN_FLIPS,
+        )
+        for row in rows
+    }
