@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "runs",
     "queue_catalog",
     "launches",  # after queue_catalog: its run_finished receiver must run after the queue's
+    "notifications",  # only listens (run_finished, launch_finished)
 ]
 
 MIDDLEWARE = [
