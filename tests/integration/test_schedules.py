@@ -192,3 +192,51 @@ def test_bad_schedules_are_a_400_naming_the_field(api_client, body, field):
     assert response.status_code == 400, response.json()
     assert field in response.json()["error"]["fields"], response.json()
     assert not Schedule.objects.exists() and not PeriodicTask.objects.exists()
+
+
+@pytest.mark.usefixtures("live_db", "workers")
+def test_queue_overlap_sends_each_launch_through_the_lane_behind_the_previous_one(db_beat):
+    scenario = make_scenario([delay_step("slow", 2)])
+    schedule = schedule_save(
+        name="queue", scenario_names=[scenario.name], interval_seconds=1, overlap="queue"
+    )
+    db_beat()
+    wait_for(lambda: len(launches_of(scenario.name)) >= 3, timeout=30, message="three launches")
+    schedule_save(schedule=schedule, enabled=False)
+    launches = launches_of(scenario.name)
+    assert all(launch.via_queue for launch in launches)
+    wait_for(
+        lambda: all(Launch.objects.get(id=launch.id).is_finished for launch in launches),
+        timeout=60,
+        message="the queued launches to finish",
+    )
+    runs = list(TestRun.objects.filter(scenario=scenario).order_by("started_at"))
+    assert len(runs) >= 3
+    for earlier, later in itertools.pairwise(runs):  # one lane: one run at a time
+        assert later.started_at >= earlier.finished_at
+
+
+@pytest.mark.usefixtures("live_db")
+def test_the_admin_form_names_a_bad_cron_and_saves_a_good_one_with_its_beat_entry(client):
+    from django.contrib.auth.models import User
+
+    scenario = make_scenario()
+    client.force_login(User.objects.create_superuser("root-schedules"))
+    form = {
+        "name": "admin-made",
+        "enabled": "on",
+        "tags": "",
+        "scenario_names": f'["{scenario.name}"]',
+        "priority": "normal",
+        "payload": "{}",
+        "cron": "99 * * * *",
+        "timezone": "Asia/Tokyo",
+        "overlap": "skip",
+    }
+    page = client.post("/admin/launches/schedule/add/", form)
+    assert page.status_code == 200 and "not a cron expression" in page.content.decode()
+    assert not Schedule.objects.exists()
+    response = client.post("/admin/launches/schedule/add/", {**form, "cron": "0 9 * * *"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    schedule = Schedule.objects.get(name="admin-made")
+    assert str(schedule.periodic_task.crontab.timezone) == "Asia/Tokyo"
