@@ -19,6 +19,10 @@ and response summaries, captures, assertions, tries, errors, and the worker's lo
 :func:`runs.redaction.redacted_in_logs`). The price is over-redaction: a template that mixes a
 credential with public text masks that public text too, which is the right side to err on.
 
+An environment's secret variables (``targets.environments``) are tainted the same way, one key
+of ``env`` each: a template reading ``env.<secret>`` (or ``env`` in a way that may read any
+key) is tainted, one reading only public variables is not.
+
 Each tainted name also carries the names of the credentials its value may hold, so that a step
 can say which credentials its ``with`` block sends (``StepContext.credentials_sent``), for the
 outbound policy to check against each credential's allowed hosts.

@@ -54,6 +54,9 @@ class DataRowsField(serializers.Field):
 
 
 class LaunchCreateSerializer(serializers.Serializer):
+    """The shape of a launch request; what depends on stored data (and which fields exclude
+    each other) is checked by ``launches.services.launch_create``."""
+
     tags = serializers.CharField(
         required=False, max_length=1000, help_text="A tag expression: `smoke and not slow`."
     )
@@ -71,13 +74,6 @@ class LaunchCreateSerializer(serializers.Serializer):
     )
     payload = payload_field(required=False)
     data = DataRowsField(required=False)
-
-    def validate(self, attrs):
-        if "payload" in attrs and "data" in attrs:
-            raise serializers.ValidationError({"data": "give either data or payload, not both"})
-        if ("tags" in attrs) == ("scenarios" in attrs):
-            raise serializers.ValidationError({"tags": "give either tags or scenarios"})
-        return attrs
 
 
 def _counts(launch: Launch) -> dict[str, int]:

@@ -181,6 +181,9 @@ class StepResultSerializer(serializers.ModelSerializer):
 class RunSerializer(serializers.ModelSerializer):
     scenario = serializers.SlugRelatedField(slug_field="name", read_only=True)
     scenario_id = serializers.IntegerField(read_only=True)
+    launch = serializers.IntegerField(
+        source="launch_id", read_only=True, allow_null=True, help_text="Its launch, if any."
+    )
 
     class Meta:
         model = TestRun
@@ -191,6 +194,7 @@ class RunSerializer(serializers.ModelSerializer):
             "status",
             "priority",
             "context",
+            "launch",
             "attempt",
             "worker",
             "queued_at",

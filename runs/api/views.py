@@ -121,6 +121,7 @@ class ScenarioViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 class RunFilter(StrictFilterSet):
     scenario = IdFilter(field_name="scenario_id")
     scenario_name = django_filters.CharFilter(field_name="scenario__name")
+    launch = IdFilter(field_name="launch_id")
     status = django_filters.MultipleChoiceFilter(choices=RunStatus.choices)
     priority = django_filters.ChoiceFilter(choices=Priority.choices)
     queued_after = UtcIsoDateTimeFilter(field_name="queued_at", lookup_expr="gte")
@@ -130,7 +131,7 @@ class RunFilter(StrictFilterSet):
 
     class Meta:
         model = TestRun
-        fields = ["scenario", "scenario_name", "status", "priority"]
+        fields = ["scenario", "scenario_name", "launch", "status", "priority"]
 
 
 @extend_schema_view(list=extend_schema(responses={200: RunSerializer(many=True), **ERRORS}))

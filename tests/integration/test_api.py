@@ -12,6 +12,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from launches.models import Launch
 from orchestra.api.throttling import WriteRateThrottle
 from plugins.registry import BUILTIN_PLUGINS
 from queue_catalog.models import QueueRecord
@@ -56,6 +57,12 @@ ENDPOINTS = [
     ("post", "/api/queue/{record}/cancel/"),
     ("post", "/api/queue/{record}/retry/"),
     ("post", "/api/queue/{record}/move-to-front/"),
+    ("get", "/api/launches/"),
+    ("post", "/api/launches/"),
+    ("get", "/api/launches/{launch}/"),
+    ("get", "/api/launches/{launch}/rows/"),
+    ("get", "/api/launches/{launch}/junit/"),
+    ("get", "/api/launches/{launch}/report/"),
 ]
 READS = [endpoint for endpoint in ENDPOINTS if endpoint[0] == "get"]
 WRITES = [endpoint for endpoint in ENDPOINTS if endpoint[0] != "get"]
@@ -110,7 +117,15 @@ def stored(live_db) -> dict[str, int]:
         task_id="stored", task="runs.execute_run", reason="stored", body="[[1], {}, {}]"
     )
     record = QueueRecord.objects.create(scenario=scenario, payload={}, status="DONE")
-    return {"scenario": scenario.id, "run": run.id, "letter": letter.id, "record": record.id}
+    launch = Launch.objects.create(status="FAILED", scenario_names=[scenario.name])
+    TestRun.objects.filter(id=run.id).update(launch=launch)
+    return {
+        "scenario": scenario.id,
+        "run": run.id,
+        "letter": letter.id,
+        "record": record.id,
+        "launch": launch.id,
+    }
 
 
 def row_counts() -> list[int]:
@@ -135,7 +150,7 @@ def test_the_endpoint_table_lists_every_operation_of_the_schema(viewer_client):
         for method in methods
     }
     listed = {
-        (method, url.format(scenario="{x}", run="{x}", letter="{x}", record="{x}"))
+        (method, url.format(scenario="{x}", run="{x}", letter="{x}", record="{x}", launch="{x}"))
         for method, url in ENDPOINTS
     }
     assert operations - listed == {("get", "/api/health/"), ("get", "/metrics")}
@@ -184,7 +199,7 @@ def test_a_viewer_trying_to_write_gets_403_and_nothing_changes(viewer_client, st
 @pytest.mark.parametrize("endpoint", DETAILS, ids=_label)
 def test_every_detail_endpoint_answers_404_for_an_unknown_id(api_client, endpoint):
     method, url = endpoint
-    ids = dict.fromkeys(["scenario", "run", "letter", "record"], UNKNOWN_ID)
+    ids = dict.fromkeys(["scenario", "run", "letter", "record", "launch"], UNKNOWN_ID)
 
     assert_error(call(api_client, method, url.format(**ids), {}), 404, "not_found")
 

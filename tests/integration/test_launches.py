@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 
 from launches.models import Launch
-from launches.services import launch_settle
+from launches.services import launch_settle, launches_sweep
 from launches.signals import launch_finished
 from queue_catalog.models import QueueRecord
 from runs.models import Scenario, TestRun
@@ -99,6 +99,9 @@ def test_names_launch_exactly_those_scenarios_and_a_passing_launch_passes(api_cl
     assert sorted(run.scenario_id for run in runs) == sorted([first.id, second.id])
     assert all(run.context["payload"] == {"k": 1} for run in runs)
     assert all(run.context["launchId"] == launch.id for run in runs)
+    listed = api_client.get("/api/runs/", {"launch": launch.id}).json()["results"]
+    assert sorted(run["id"] for run in listed) == sorted(run.id for run in runs)
+    assert {run["launch"] for run in listed} == {launch.id}
 
 
 def test_data_rows_each_become_a_run_and_the_roll_up_points_at_the_failing_rows(
@@ -265,6 +268,26 @@ def test_the_last_two_runs_finishing_together_finish_the_launch_exactly_once(api
         launch_finished.disconnect(listener)
     assert sorted(map(str, results)) == [*["None"] * 7, "PASSED"]
     assert heard == ["PASSED"]
+
+
+def test_the_sweep_finishes_a_launch_whose_last_news_was_lost(api_client):
+    scenario = make_scenario()
+    body = start(api_client, {"scenarios": [scenario.name]})
+    launch = finished_launch(body["id"])
+    Launch.objects.filter(id=launch.id).update(status="RUNNING", finished_at=None)
+    assert launches_sweep() == 1
+    assert Launch.objects.get(id=launch.id).status == "PASSED"
+    assert launches_sweep() == 0
+
+
+def test_a_deactivated_scenario_named_in_a_launch_is_refused(api_client):
+    scenario = make_scenario()
+    scenario.is_active = False
+    scenario.save(update_fields=["is_active"])
+    response = api_client.post("/api/launches/", {"scenarios": [scenario.name]}, format="json")
+    assert response.status_code == 400
+    assert "not active" in response.json()["error"]["fields"]["scenarios"][0]
+    assert not Launch.objects.exists()
 
 
 def test_a_run_left_unfinished_keeps_the_launch_running(api_client):
