@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,8 @@ from launches.selectors import launch_outcomes
 from notifications.models import Channel, Delivery, DeliveryAttempt, ScenarioHealth
 from notifications.states import DELIVERY_SOURCES, HEALTH_SOURCES, DeliveryStatus, Event, Health
 from orchestra.transitions import conditional_transition
-from plugins.outbound import OutboundRefused, outbound_policy
+from plugins.http.plugin import STEP_EXTENSION, CheckedTransport
+from plugins.outbound import IPAddress, OutboundRefused, step_outbound_check
 from runs.models import TestRun
 from runs.redaction import redact
 from runs.states import RunStatus
@@ -142,6 +144,17 @@ def scenario_health_update(*, run_id: int) -> str | None:
     return event
 
 
+@dataclass(frozen=True)
+class _WebhookOutbound:
+    """What the http plugin's transport asks of a step, for a webhook: the plugins' outbound
+    check (the transport then connects only to the addresses it returned); no credentials."""
+
+    credentials_sent: frozenset[str] = frozenset()
+
+    def check_outbound(self, host: str, port: int) -> list[IPAddress]:
+        return step_outbound_check(host, port)
+
+
 class _Permanent(Exception):
     """A delivery that no retry can help (the outbound policy refuses its URL)."""
 
@@ -151,11 +164,6 @@ def _send_webhook(delivery: Delivery) -> int:
     parts = urlsplit(channel.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Permanent(f"not an http(s) URL: {channel.url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        outbound_policy().check(parts.hostname, port)
-    except OutboundRefused as exc:
-        raise _Permanent(str(exc)) from None
     content = body_bytes(delivery.body)
     timestamp = int(time.time())
     headers = {
@@ -167,9 +175,21 @@ def _send_webhook(delivery: Delivery) -> int:
         SIGNATURE_HEADER: signature(channel.secret, timestamp, content),
     }
     with httpx.Client(
-        timeout=settings.ORCHESTRA_WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False
+        transport=CheckedTransport(),
+        timeout=settings.ORCHESTRA_WEBHOOK_TIMEOUT_SECONDS,
+        follow_redirects=False,
+        trust_env=False,
     ) as client:
-        return client.post(channel.url, content=content, headers=headers).status_code
+        try:
+            response = client.post(
+                channel.url,
+                content=content,
+                headers=headers,
+                extensions={STEP_EXTENSION: _WebhookOutbound()},
+            )
+        except OutboundRefused as exc:
+            raise _Permanent(str(exc)) from None
+        return response.status_code
 
 
 def _send_email(delivery: Delivery) -> None:
