@@ -70,6 +70,7 @@ task_routes = {
     "runs.collect_dead_letters": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
     "queue_catalog.*": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
     "launches.*": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
+    "notifications.*": {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
 }
 
 # Late acks + prefetch 1: a crashed worker's message is redelivered, and an urgent message is not
@@ -128,6 +129,11 @@ beat_schedule = {
     },
     "sweep-launches": {
         "task": "launches.sweep_launches",
+        "schedule": _sweep_interval,
+        "options": {"expires": _sweep_interval * 2},
+    },
+    "sweep-deliveries": {
+        "task": "notifications.sweep_deliveries",
         "schedule": _sweep_interval,
         "options": {"expires": _sweep_interval * 2},
     },

@@ -107,3 +107,6 @@ class LaunchAdmin(admin.ModelAdmin):
             reverse("launch-junit", args=[launch.id]),
             reverse("launch-report", args=[launch.id]),
         )
+
+
+from launches import schedule_admin  # noqa: E402, F401  (registers ScheduleAdmin)

@@ -69,3 +69,8 @@ class Launch(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status != LaunchStatus.RUNNING
+
+
+from launches.schedule_models import Overlap, Schedule  # noqa: E402  (models of launches/schedules.py)
+
+__all__ = ["Launch", "Overlap", "Schedule"]

@@ -52,7 +52,7 @@ class ConfiguredLoader(AppLoader):
 
 app = Celery("orchestra", loader="orchestra.celery:ConfiguredLoader")
 app.config_from_object("celeryconfig")
-app.autodiscover_tasks(["runs", "queue_catalog"])
+app.autodiscover_tasks(["runs", "queue_catalog", "launches", "notifications"])
 
 
 class DeclareDeadLetterQueue(bootsteps.StartStopStep):

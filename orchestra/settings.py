@@ -39,12 +39,14 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_celery_beat",
     "orchestra",
     "plugins",
     "targets",
     "runs",
     "queue_catalog",
     "launches",  # after queue_catalog: its run_finished receiver must run after the queue's
+    "notifications",  # only listens (run_finished, launch_finished)
 ]
 
 MIDDLEWARE = [
@@ -185,6 +187,18 @@ ORCHESTRA_API_MAX_PAYLOAD_BYTES = env_int("ORCHESTRA_API_MAX_PAYLOAD_BYTES", 65_
 DATA_UPLOAD_MAX_MEMORY_SIZE = ORCHESTRA_API_MAX_BODY_BYTES
 # Runs (scenarios × data rows) one launch may start at once.
 ORCHESTRA_LAUNCH_MAX_RUNS = env_int("ORCHESTRA_LAUNCH_MAX_RUNS", 10_000)
+
+# Flaky detection: a scenario's last N finished runs; flaky at this many pass<->fail flips.
+ORCHESTRA_FLAKY_WINDOW = env_int("ORCHESTRA_FLAKY_WINDOW", 20)
+ORCHESTRA_FLAKY_MIN_FLIPS = env_int("ORCHESTRA_FLAKY_MIN_FLIPS", 3)
+
+# Notifications (docs/schedules-and-notifications.md): a scenario is "failing" after this many
+# consecutive failed runs; webhook deliveries time out, and are given up after max attempts.
+ORCHESTRA_NOTIFY_FAILING_AFTER = env_int("ORCHESTRA_NOTIFY_FAILING_AFTER", 3)
+ORCHESTRA_WEBHOOK_TIMEOUT_SECONDS = env_float("ORCHESTRA_WEBHOOK_TIMEOUT_SECONDS", 5.0)
+ORCHESTRA_WEBHOOK_MAX_ATTEMPTS = env_int("ORCHESTRA_WEBHOOK_MAX_ATTEMPTS", 6)
+ORCHESTRA_WEBHOOK_BACKOFF_SECONDS = env_float("ORCHESTRA_WEBHOOK_BACKOFF_SECONDS", 10.0)
+ORCHESTRA_NOTIFY_EMAIL_FROM = env_str("ORCHESTRA_NOTIFY_EMAIL_FROM", "orchestra@localhost")
 
 # Security headers; HTTPS-only cookies and redirects unless explicitly turned off for local use.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -3,8 +3,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from orchestra.api.views import ApiRootView, HealthView, MetricsView, RedocView, SwaggerView
+from runs.trends import scenario_trend_view
 
 urlpatterns = [
+    path(
+        "admin/trends/scenario/<int:scenario_id>/",
+        scenario_trend_view,
+        name="scenario-trend",
+    ),
     path("admin/", admin.site.urls),
     path("api/", ApiRootView.as_view(), name="api-root"),
     path("api/health/", HealthView.as_view(), name="health"),

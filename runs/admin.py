@@ -43,6 +43,7 @@ from runs.models import (
 from runs.reports import run_report
 from runs.sources import SourceError, definition_from_source, source_diff, source_from_definition
 from runs.states import RunStatus
+from runs.stats_admin import FlakyFilter, ScenarioStatsAdminMixin
 
 RUN_STATUS_COLOURS = {
     RunStatus.QUEUED: "#6c757d",
@@ -205,7 +206,7 @@ class RunWithPayloadForm(forms.Form):
 
 
 @admin.register(Scenario)
-class ScenarioAdmin(admin.ModelAdmin):
+class ScenarioAdmin(ScenarioStatsAdminMixin, admin.ModelAdmin):
     form = ScenarioAdminForm
     list_display = [
         "name",
@@ -213,10 +214,10 @@ class ScenarioAdmin(admin.ModelAdmin):
         "tag_list",
         "step_count",
         "version_display",
+        *ScenarioStatsAdminMixin.stats_list_display,
         "page_link",
-        "updated_at",
     ]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", FlakyFilter]
     search_fields = ["name", "description", "tags"]
     list_select_related = ["current_version"]
     readonly_fields = ["version_display", "created_at", "updated_at"]
@@ -314,7 +315,9 @@ class ScenarioAdmin(admin.ModelAdmin):
                     self.message_user(request, done, messages.SUCCESS)
                     return HttpResponseRedirect(url)
             status = 400
-        stats = selectors.scenario_stats(scenario_id=scenario.id, last=self.stats_window)
+        stats = selectors.scenario_stats(scenario_ids=[scenario.id], window=self.stats_window).get(
+            scenario.id
+        ) or selectors.ScenarioStats(scenario.id, 0, 0, None, 0, None, False)
         runs = selectors.scenario_recent_runs(scenario_id=scenario.id, limit=self.recent_runs)
         context = {
             **self.admin_site.each_context(request),
@@ -322,7 +325,9 @@ class ScenarioAdmin(admin.ModelAdmin):
             "title": scenario.name,
             "scenario": scenario,
             "stats": stats,
+            "window": self.stats_window,
             "median": format_duration(stats.median_seconds),
+            "trend_url": reverse("scenario-trend", args=[scenario.id]),
             "recent_runs": [_run_row(run) for run in runs],
             "form": form if may_operate else None,
             "version_link": _version_link(scenario.id, scenario.current_version),

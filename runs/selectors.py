@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from django.db.models import (
-    Aggregate,
-    Count,
-    DurationField,
-    Exists,
-    ExpressionWrapper,
-    F,
-    FloatField,
-    OuterRef,
-    Prefetch,
-    Q,
-    QuerySet,
-    Subquery,
-)
-from django.db.models.functions import Extract
+from django.conf import settings
+from django.db import connection
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet, Subquery
 
 from runs.models import DeadLetter, ScenarioVersion, StepResult, TestRun
 from runs.states import RunStatus
-
-# The outcomes that say whether a scenario works; a cancelled run says nothing about it.
-OUTCOMES = (RunStatus.PASSED, RunStatus.FAILED, RunStatus.ERROR)
 
 
 def run_with_steps(*, run_id: int) -> TestRun:
@@ -78,44 +65,83 @@ def scenario_versions(*, scenario_id: int) -> QuerySet[ScenarioVersion]:
     )
 
 
-class _Median(Aggregate):
-    function = "percentile_cont"
-    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-
 @dataclass(frozen=True)
 class ScenarioStats:
-    """How the last ``window`` finished runs of a scenario went (``runs`` may be fewer)."""
+    """A scenario's last ``runs`` finished runs (passed, failed or error; cancelled ones say
+    nothing about the scenario): how many passed, the median duration, and how often the
+    outcome flipped between pass and not-pass, oldest to newest."""
 
-    window: int
+    scenario_id: int
     runs: int
     passed: int
     median_seconds: float | None
+    flips: int
+    last_finished_at: datetime | None
+    flaky: bool
 
     @property
     def pass_rate(self) -> float | None:
         return self.passed / self.runs if self.runs else None
 
 
-def scenario_stats(*, scenario_id: int, last: int = 50) -> ScenarioStats:
-    """Pass rate and median duration over the scenario's last ``last`` runs that passed, failed
-    or errored, in one query (the newest runs by ``run_scenario_idx``)."""
-    window = (
-        TestRun.objects.filter(scenario_id=scenario_id, status__in=OUTCOMES)
-        .annotate(
-            seconds=Extract(
-                ExpressionWrapper(F("finished_at") - F("started_at"), DurationField()), "epoch"
-            )
+# One statement: number each scenario's finished runs newest first, keep the window, compare
+# each outcome with the one before it (LAG) and aggregate per scenario.
+_STATS_SQL = """
+WITH recent AS (
+    SELECT scenario_id, id, status, finished_at,
+           EXTRACT(EPOCH FROM finished_at - started_at) AS seconds,
+           ROW_NUMBER() OVER (PARTITION BY scenario_id ORDER BY finished_at DESC, id DESC) AS n
+    FROM runs_testrun
+    WHERE status IN %(statuses)s AND finished_at IS NOT NULL {where}
+), windowed AS (
+    SELECT scenario_id, status, seconds, finished_at,
+           LAG(status = 'PASSED') OVER (PARTITION BY scenario_id ORDER BY n DESC) AS passed_before
+    FROM recent
+    WHERE n <= %(window)s
+)
+SELECT scenario_id,
+       COUNT(*),
+       COUNT(*) FILTER (WHERE status = 'PASSED'),
+       PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY seconds),
+       COUNT(*) FILTER (WHERE passed_before IS DISTINCT FROM NULL
+                          AND passed_before <> (status = 'PASSED')),
+       MAX(finished_at)
+FROM windowed
+GROUP BY scenario_id
+"""
+
+
+def scenario_stats(
+    *, scenario_ids: Collection[int] | None = None, window: int | None = None
+) -> dict[int, ScenarioStats]:
+    """Pass rate, median duration and flip count over each scenario's last ``window`` finished
+    runs (``ORCHESTRA_FLAKY_WINDOW``), in one query; scenarios without finished runs are
+    absent. Flaky: at least ``ORCHESTRA_FLAKY_MIN_FLIPS`` flips."""
+    window = window or settings.ORCHESTRA_FLAKY_WINDOW
+    params: dict[str, Any] = {
+        "statuses": (RunStatus.PASSED, RunStatus.FAILED, RunStatus.ERROR),
+        "window": window,
+    }
+    where = ""
+    if scenario_ids is not None:
+        if not scenario_ids:
+            return {}
+        where, params["ids"] = "AND scenario_id IN %(ids)s", tuple(scenario_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(_STATS_SQL.format(where=where), params)
+        rows = cursor.fetchall()
+    return {
+        row[0]: ScenarioStats(
+            scenario_id=row[0],
+            runs=row[1],
+            passed=row[2],
+            median_seconds=float(row[3]) if row[3] is not None else None,
+            flips=row[4],
+            last_finished_at=row[5],
+            flaky=row[4] >= settings.ORCHESTRA_FLAKY_MIN_FLIPS,
         )
-        .order_by("-id")[:last]
-    )
-    row = window.aggregate(
-        runs=Count("id"),
-        passed=Count("id", filter=Q(status=RunStatus.PASSED)),
-        median_seconds=_Median("seconds"),
-    )
-    return ScenarioStats(window=last, **row)
+        for row in rows
+    }
 
 
 def scenario_recent_runs(*, scenario_id: int, limit: int = 20) -> list[TestRun]:

@@ -297,7 +297,7 @@ EOF
 
   # Beat is not given remote control: it would answer pings and count as a worker in Flower
   # and /api/health/. It is up once it logs that it starts scheduling.
-  start beat "$BIN/celery" -A orchestra beat --schedule "$RUN_DIR/celerybeat-schedule" \
+  start beat "$BIN/celery" -A orchestra beat -S django_celery_beat.schedulers:DatabaseScheduler \
     --loglevel=INFO
   wait_until beat "scheduler started" grep -q "beat: Starting" "$RUN_DIR/beat.log"
 

@@ -127,8 +127,9 @@ class WorkerProcess:
 class BeatProcess:
     """A real ``celery beat`` process driving the periodic sweeps for the tests."""
 
-    def __init__(self, *, interval: float = 0.5) -> None:
+    def __init__(self, *, interval: float = 0.5, database_scheduler: bool = False) -> None:
         self.interval = interval
+        self.database_scheduler = database_scheduler
         self.process: subprocess.Popen | None = None
         self.directory = Path(tempfile.mkdtemp(prefix="beat-"))
         self.log = self.directory / "beat.log"
@@ -155,6 +156,8 @@ class BeatProcess:
             "--pidfile",
             str(self.directory / "pid"),
         ]
+        if self.database_scheduler:  # what the Procfile runs: schedules live in PostgreSQL
+            command += ["-S", "django_celery_beat.schedulers:DatabaseScheduler"]
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,

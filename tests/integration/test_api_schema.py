@@ -45,6 +45,24 @@ SERVER_STATE_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "environment": ("no environment", "reads env."),
         "data": ("row ", "rows", "UTF-8", ".csv", "CSV", "ORCHESTRA_LAUNCH_MAX_RUNS"),
     },
+    # A schedule: cron grammar, IANA zone names, cron or interval (one of them), and the
+    # scenarios, tags and environments that exist.
+    **{
+        label: {
+            "name": ("already exists",),
+            "cron": ("give either", "cron expression"),
+            "interval_seconds": ("at least",),
+            "timezone": ("unknown time zone",),
+            "tags": ("give either", "no active scenario", "expected", "unexpected", "nested"),
+            "scenarios": ("no scenario", "not active"),
+            "environment": ("no environment", "reads env."),
+        }
+        for label in (
+            "POST /api/schedules/",
+            "PUT /api/schedules/{id}/",
+            "PATCH /api/schedules/{id}/",
+        )
+    },
     **{
         label: {"name": ("already exists",), "definition": ("",), "definition_source": ("",)}
         for label in (

@@ -382,7 +382,7 @@ def test_the_scenario_stats_look_only_at_the_last_runs_in_one_query(
     from runs.selectors import scenario_stats
 
     with django_assert_num_queries(1):
-        stats = scenario_stats(scenario_id=history.id, last=2)
+        stats = scenario_stats(scenario_ids=[history.id], window=2)[history.id]
 
     assert (stats.runs, stats.passed) == (2, 0)  # the newest two are the failed and error runs
 
