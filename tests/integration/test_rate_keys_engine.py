@@ -9,17 +9,20 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.db import connection
+from django.db.models import F
 
 from plugins.base import Pushback
 from runs.models import TestRun
 from runs.services import run_cancel, run_start
 from runs.states import RunStatus
 from targets.models import RateKey
+from targets.policies import QUIET_SECONDS
 from targets.throttle import permit_revoked, permit_take, pushback_record, slot_release, slot_take
 from tests.factories import make_scenario
 from tests.integration.test_engine_faults import finished, recorded_steps
@@ -141,7 +144,7 @@ def test_a_pushback_blocks_the_key_then_releases_waiters_at_the_learned_pace():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pushback_in_flight_from_before_the_last_one_does_not_slow_the_key_again():
-    RateKey.objects.create(name="inflight", requests=10, interval_seconds=1.0)
+    RateKey.objects.create(name="inflight")
     permits = [permit_take(key="inflight") for _ in range(3)]
     pushback_record(key="inflight", pushback=Pushback(429, 1.0, "1"), given_at=permits[2].given_at)
     learned = RateKey.objects.get(name="inflight").learned_interval_seconds
@@ -179,8 +182,37 @@ def test_a_permit_too_far_away_is_not_reserved_and_parked_runs_are_spaced_at_the
     assert RateKey.objects.get(name="far").tat == tat  # nothing reserved
     releases = [p.release_in for p in parked]
     assert releases[0] == pytest.approx(30, abs=0.5)
-    # refused at once: twice as slow as configured (targets.policies.FAR_SLOWDOWN)
-    assert releases[1] - releases[0] == pytest.approx(0.2, abs=0.02)
+    # a lone 429 on a configured key blocks it but teaches nothing: the configured pace
+    assert releases[1] - releases[0] == pytest.approx(0.1, abs=0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_configured_key_learns_only_when_refused_again_soon_and_forgets_after_quiet():
+    RateKey.objects.create(name="jitter", requests=20, interval_seconds=1.0, burst=5)
+    first = permit_take(key="jitter")
+    pushback_record(key="jitter", pushback=Pushback(429, 0.0, "0"), given_at=first.given_at)
+    key = RateKey.objects.get(name="jitter")
+    assert (key.learned_interval_seconds, key.consecutive_pushbacks) == (None, 1)
+    paced = [permit_take(key="jitter") for _ in range(12)]
+    gaps = [(b.at - a.at).total_seconds() for a, b in zip(paced[5:], paced[6:], strict=False)]
+    assert gaps == pytest.approx([0.05] * len(gaps), abs=1e-6)  # still the configured pace
+
+    # Refused again after 12 requests: the configured pace itself is too fast.
+    pushback_record(key="jitter", pushback=Pushback(429, 0.0, "0"), given_at=paced[-1].given_at)
+    learned = RateKey.objects.get(name="jitter").learned_interval_seconds
+    assert learned == pytest.approx(0.05 * 2)  # refused soon: targets.policies.FAR_SLOWDOWN
+
+    # No pushback for longer than QUIET_SECONDS: each request forgets 1 % of it.
+    RateKey.objects.filter(name="jitter").update(
+        last_pushback_at=F("last_pushback_at") - timedelta(seconds=QUIET_SECONDS + 1)
+    )
+    permit_take(key="jitter")
+    assert RateKey.objects.get(name="jitter").learned_interval_seconds == pytest.approx(
+        learned * 0.99
+    )
+    for _ in range(80):
+        permit_take(key="jitter")
+    assert RateKey.objects.get(name="jitter").learned_interval_seconds is None
 
 
 @pytest.mark.django_db(transaction=True)
