@@ -16,9 +16,9 @@ SLOWDOWN = 1.1
 FAR_SLOWDOWN = 2.0
 FAR_REQUESTS = 20
 #: Each request sent while the key is busy shortens the learned interval by a fraction: quickly
-#: (1 %) while the key is paced more than NEAR slower than the pace last refused, slowly beyond
+#: (0.5 %) while the key is paced more than NEAR slower than the pace last refused, slowly beyond
 #: (0.01 %: ~950 requests from one slowdown back to the limit, so few 429s once it is known).
-QUICK_PROBE = 0.01
+QUICK_PROBE = 0.005
 PROBE = 0.0001
 NEAR = 1.15
 #: A learned interval shorter than this is forgotten: the key is unlimited again.

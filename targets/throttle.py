@@ -23,7 +23,7 @@ learns the unpublished limit: the pace the target accepted since the last pushba
 (``targets.policies``); every request sent while the key is busy probes a little faster again.
 A configured key learns only when the target refuses its configured pace again soon (a lone
 429 is jitter: the block answers it), and forgets what it learned after ``QUIET_SECONDS``
-without a pushback, one request at a time, back to the configured interval.
+without a pushback, ``QUICK_PROBE`` per request, back to the configured interval.
 
 **Concurrency.** ``max_concurrent`` is enforced with session-level advisory locks, one per slot,
 on the two-int key ``(-key_id, slot)``: the first int of orchestra's other two-int locks is a
