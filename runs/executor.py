@@ -699,10 +699,14 @@ class _RunExecution:
         (``may_park``), :class:`_Throttled` past the run's throttle budget or the step's
         ``cap`` (a ``finally`` step's deadline), or when stopped."""
         sleep_limit = settings.ORCHESTRA_THROTTLE_SLEEP_SECONDS
+        sweep_interval = celeryconfig.beat_schedule["sweep-runs"]["schedule"]
+        # A parking run asks to be released this much before its slot (the sweep may come up
+        # to an interval late) and sleeps the rest in the step, never longer than a step may.
+        lead = min(sweep_interval, sleep_limit)
         if self.released_by_sweep:
             # The sweep releases parked runs once per interval: a run it released may wait in
             # place that much longer, or the runs released together would park again.
-            sleep_limit += celeryconfig.beat_schedule["sweep-runs"]["schedule"]
+            sleep_limit += sweep_interval
         while True:
             left = settings.ORCHESTRA_MAX_THROTTLE_WAIT - self.throttle_used
             until_cap = cap - time.monotonic()
@@ -722,7 +726,8 @@ class _RunExecution:
                 )
             if not permit.reserved:
                 # Released at the key's pace, each a little apart: never all at once.
-                resume_in = wait + random.uniform(0, max(permit.interval, 0.05))
+                jitter = random.uniform(0, max(permit.interval, 0.05))
+                resume_in = max(0.0, wait - lead) + jitter
                 self.throttle_used += resume_in
                 waits.append(_wait_entry(key, resume_in, f"{permit.reason or 'rate'}, parked"))
                 raise _Park(resume_in, waits)

@@ -423,12 +423,13 @@ def runs_sweep() -> dict[str, int]:
     Duplicated messages are harmless: the claim lets only one delivery execute a run.
     """
     grace = timezone.now() - timedelta(seconds=settings.ORCHESTRA_PUBLISH_GRACE_SECONDS)
+    # A parked run's message was acked when it parked: none is in flight, so it goes out as
+    # soon as its resume_at comes, without the grace a just-queued run's first publish gets.
     unpublished = list(
         TestRun.objects.filter(
-            Q(resume_at__isnull=True) | Q(resume_at__lte=Now()),
+            Q(resume_at__isnull=True, queued_at__lt=grace) | Q(resume_at__lte=Now()),
             status=RunStatus.QUEUED,
             dispatched_at__isnull=True,
-            queued_at__lt=grace,
         ).order_by("id")[:1000]
     )
     lapsed = list(

@@ -16,13 +16,19 @@ SLOWDOWN = 1.1
 FAR_SLOWDOWN = 2.0
 FAR_REQUESTS = 20
 #: Each request sent while the key is busy shortens the learned interval by a fraction: quickly
-#: (1 %) while the key is paced more than NEAR slower than the pace last refused, slowly beyond
+#: (0.5 %) while the key is paced more than NEAR slower than the pace last refused, slowly beyond
 #: (0.01 %: ~950 requests from one slowdown back to the limit, so few 429s once it is known).
-QUICK_PROBE = 0.01
+QUICK_PROBE = 0.005
 PROBE = 0.0001
 NEAR = 1.15
 #: A learned interval shorter than this is forgotten: the key is unlimited again.
 SHORTEST_LEARNED_INTERVAL = 0.0005
+#: A configured key learns only from a pushback that comes fewer than this many accepted
+#: requests after the previous one (see ``learns``).
+TRUSTED_REQUESTS = 100
+#: A configured key that had no pushback for this long forgets what it learned: each request
+#: shortens the learned interval by QUICK_PROBE until it is back at the configured one.
+QUIET_SECONDS = 30.0
 
 
 def block_seconds(retry_after: float | None, in_a_row: int, cap: float) -> float:
@@ -49,6 +55,19 @@ def learned_interval(
     observed = max(0.0, window_seconds) / accepted
     paced = max(current or 0.0, configured, observed, SHORTEST_LEARNED_INTERVAL)
     return paced * (FAR_SLOWDOWN if window_requests < FAR_REQUESTS else SLOWDOWN)
+
+
+def learns(configured: float, in_a_row: int, window_requests: int) -> bool:
+    """Whether a pushback (the ``in_a_row``-th in a row, after the target accepted
+    ``window_requests`` since the last one) teaches its key a slower pace.
+
+    A key nobody configured learns from every pushback: that is how its limit is found. A
+    configured key is paced at a limit someone knows; a lone 429 there is a request that arrived
+    a little early (the jitter between our clock and the target's arrivals), and the block alone
+    answers it. Only when the target pushes back again soon (within ``TRUSTED_REQUESTS``) does
+    the configured pace itself count as refused.
+    """
+    return configured <= 0 or (in_a_row >= 2 and window_requests < TRUSTED_REQUESTS)
 
 
 def refused_interval(current: float | None, configured: float) -> float:

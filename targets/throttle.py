@@ -21,6 +21,9 @@ spaces the returning runs at the key's pace. That is how a parked run learns its
 ``ORCHESTRA_MAX_RETRY_AFTER``, else a default backoff that grows with pushbacks in a row) and
 learns the unpublished limit: the pace the target accepted since the last pushback, slowed down
 (``targets.policies``); every request sent while the key is busy probes a little faster again.
+A configured key learns only when the target refuses its configured pace again soon (a lone
+429 is jitter: the block answers it), and forgets what it learned after ``QUIET_SECONDS``
+without a pushback, ``QUICK_PROBE`` per request, back to the configured interval.
 
 **Concurrency.** ``max_concurrent`` is enforced with session-level advisory locks, one per slot,
 on the two-int key ``(-key_id, slot)``: the first int of orchestra's other two-int locks is a
@@ -84,8 +87,13 @@ UPDATE targets_ratekey k SET
                ELSE k.tat END,
     release_tat = CASE WHEN d.reserved THEN k.release_tat ELSE d.release + d.t_iv END,
     learned_interval_seconds = CASE
-        WHEN NOT d.reserved OR k.learned_interval_seconds IS NULL OR d.tat IS NULL
-             OR d.tat < d.now THEN k.learned_interval_seconds
+        WHEN NOT d.reserved OR k.learned_interval_seconds IS NULL THEN k.learned_interval_seconds
+        WHEN k.requests > 0
+             AND k.last_pushback_at < d.now - make_interval(secs => %(quiet)s::float8)
+             THEN NULLIF(GREATEST(k.learned_interval_seconds * (1 - %(quick_probe)s::float8),
+                                  k.interval_seconds / k.requests),
+                         k.interval_seconds / k.requests)
+        WHEN d.tat IS NULL OR d.tat < d.now THEN k.learned_interval_seconds
         WHEN k.learned_interval_seconds * (1 - %(probe)s::float8) < %(shortest)s::float8 THEN NULL
         WHEN k.learned_interval_seconds > k.ceiling_interval_seconds * %(near)s::float8
              THEN k.learned_interval_seconds * (1 - %(quick_probe)s::float8)
@@ -153,6 +161,7 @@ def permit_take(*, key: str, reserve_within: float = math.inf) -> Permit:
         "quick_probe": policies.QUICK_PROBE,
         "near": policies.NEAR,
         "shortest": policies.SHORTEST_LEARNED_INTERVAL,
+        "quiet": policies.QUIET_SECONDS,
     }
     with connection.cursor() as cursor:
         _PERMIT.execute(cursor, params)
@@ -198,17 +207,19 @@ def pushback_record(*, key: str, pushback: Pushback, given_at: datetime) -> floa
         last = rate_key.last_pushback_at
         fresh = last is None or given_at >= last
         in_a_row = rate_key.consecutive_pushbacks
+        configured = _configured_interval(rate_key)
         if fresh:
             since_last = None if last is None else (now - last).total_seconds()
             in_a_row = policies.in_a_row(rate_key.consecutive_pushbacks, since_last)
+        if fresh and policies.learns(configured, in_a_row, rate_key.window_requests):
             window = rate_key.window_started_at
             window_seconds = 0.0 if window is None else (now - window).total_seconds()
             rate_key.ceiling_interval_seconds = policies.refused_interval(
-                rate_key.learned_interval_seconds, _configured_interval(rate_key)
+                rate_key.learned_interval_seconds, configured
             )
             rate_key.learned_interval_seconds = policies.learned_interval(
                 rate_key.learned_interval_seconds,
-                _configured_interval(rate_key),
+                configured,
                 rate_key.window_requests,
                 window_seconds,
             )
@@ -216,7 +227,7 @@ def pushback_record(*, key: str, pushback: Pushback, given_at: datetime) -> floa
             pushback.retry_after, in_a_row, settings.ORCHESTRA_MAX_RETRY_AFTER
         )
         blocked_until = max(rate_key.blocked_until or now, now + timedelta(seconds=seconds))
-        interval = max(_configured_interval(rate_key), rate_key.learned_interval_seconds or 0.0)
+        interval = max(configured, rate_key.learned_interval_seconds or 0.0)
         tolerance = timedelta(seconds=(rate_key.burst - 1) * interval)
         rate_key.blocked_until = blocked_until
         # A fresh pushback revoked every permit given before it: their slots are free again.

@@ -9,19 +9,23 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.db import connection
+from django.db.models import F
+from django.db.models.functions import Now
 
 from plugins.base import Pushback
 from runs.models import TestRun
-from runs.services import run_cancel, run_start
+from runs.services import run_cancel, run_start, runs_sweep
 from runs.states import RunStatus
 from targets.models import RateKey
+from targets.policies import QUICK_PROBE, QUIET_SECONDS
 from targets.throttle import permit_revoked, permit_take, pushback_record, slot_release, slot_take
-from tests.factories import make_scenario
+from tests.factories import delay_step, make_scenario
 from tests.integration.test_engine_faults import finished, recorded_steps
 from tests.support import ROOT, WorkerProcess, wait_for, worker_database_url
 
@@ -134,14 +138,16 @@ def test_a_pushback_blocks_the_key_then_releases_waiters_at_the_learned_pace():
     assert after[0].at == key.blocked_until
     gaps = [(b.at - a.at).total_seconds() for a, b in zip(after, after[1:], strict=False)]
     assert gaps[0] == pytest.approx(learned, rel=0.02)
-    # far below the pace refused, the key probes upward quickly: 1 % per request
+    # far below the pace refused, the key probes upward quickly (QUICK_PROBE per request)
     assert all(later < earlier for earlier, later in zip(gaps, gaps[1:], strict=False))
-    assert key.learned_interval_seconds == pytest.approx(learned * 0.99**5, rel=0.001)
+    assert key.learned_interval_seconds == pytest.approx(
+        learned * (1 - QUICK_PROBE) ** 5, rel=0.001
+    )
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pushback_in_flight_from_before_the_last_one_does_not_slow_the_key_again():
-    RateKey.objects.create(name="inflight", requests=10, interval_seconds=1.0)
+    RateKey.objects.create(name="inflight")
     permits = [permit_take(key="inflight") for _ in range(3)]
     pushback_record(key="inflight", pushback=Pushback(429, 1.0, "1"), given_at=permits[2].given_at)
     learned = RateKey.objects.get(name="inflight").learned_interval_seconds
@@ -179,8 +185,37 @@ def test_a_permit_too_far_away_is_not_reserved_and_parked_runs_are_spaced_at_the
     assert RateKey.objects.get(name="far").tat == tat  # nothing reserved
     releases = [p.release_in for p in parked]
     assert releases[0] == pytest.approx(30, abs=0.5)
-    # refused at once: twice as slow as configured (targets.policies.FAR_SLOWDOWN)
-    assert releases[1] - releases[0] == pytest.approx(0.2, abs=0.02)
+    # a lone 429 on a configured key blocks it but teaches nothing: the configured pace
+    assert releases[1] - releases[0] == pytest.approx(0.1, abs=0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_configured_key_learns_only_when_refused_again_soon_and_forgets_after_quiet():
+    RateKey.objects.create(name="jitter", requests=20, interval_seconds=1.0, burst=5)
+    first = permit_take(key="jitter")
+    pushback_record(key="jitter", pushback=Pushback(429, 0.0, "0"), given_at=first.given_at)
+    key = RateKey.objects.get(name="jitter")
+    assert (key.learned_interval_seconds, key.consecutive_pushbacks) == (None, 1)
+    paced = [permit_take(key="jitter") for _ in range(12)]
+    gaps = [(b.at - a.at).total_seconds() for a, b in zip(paced[5:], paced[6:], strict=False)]
+    assert gaps == pytest.approx([0.05] * len(gaps), abs=1e-6)  # still the configured pace
+
+    # Refused again after 12 requests: the configured pace itself is too fast.
+    pushback_record(key="jitter", pushback=Pushback(429, 0.0, "0"), given_at=paced[-1].given_at)
+    learned = RateKey.objects.get(name="jitter").learned_interval_seconds
+    assert learned == pytest.approx(0.05 * 2)  # refused soon: targets.policies.FAR_SLOWDOWN
+
+    # No pushback for longer than QUIET_SECONDS: each request forgets QUICK_PROBE of it.
+    RateKey.objects.filter(name="jitter").update(
+        last_pushback_at=F("last_pushback_at") - timedelta(seconds=QUIET_SECONDS + 1)
+    )
+    permit_take(key="jitter")
+    assert RateKey.objects.get(name="jitter").learned_interval_seconds == pytest.approx(
+        learned * (1 - QUICK_PROBE)
+    )
+    for _ in range(200):
+        permit_take(key="jitter")
+    assert RateKey.objects.get(name="jitter").learned_interval_seconds is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -366,7 +401,9 @@ def test_past_the_throttle_budget_the_step_ends_error_saying_why(pushback_target
 
     assert run.status == RunStatus.ERROR
     error = run.steps.get(position=0).error
-    assert error.startswith("throttled for 1") and "by k-budget" in error, error
+    # Two parks of 5 s each (less the part each resumed run slept in the step) were spent.
+    assert error.startswith("throttled for ") and "by k-budget" in error, error
+    assert 9 <= int(error.split()[2]) <= 12, error
     assert "ORCHESTRA_MAX_THROTTLE_WAIT" in error
     assert len(pushback_target.times("budget")) == 3
     assert run.throttle_seconds <= 12
@@ -410,6 +447,28 @@ def test_a_parked_run_gives_its_worker_back_and_resumes_at_the_step_it_stopped_o
     assert recorded_steps(run) == {1: [0, 1, 2]}
     waits = _tries(run, 1)[0]["throttled"]
     assert [wait["reason"] for wait in waits][:2] == ["pushback 429", "blocked, parked"]
+    assert run.resume_at is None
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("live_db", "throttled_worker")
+def test_a_due_parked_run_is_published_by_the_sweep_without_the_publish_grace(settings):
+    # Its message was acked when it parked, so nothing is in flight: the grace a just-queued
+    # run's first publish gets would only keep it waiting.
+    settings.ORCHESTRA_PUBLISH_GRACE_SECONDS = 60
+    scenario = make_scenario([delay_step("only step")])
+    run = TestRun.objects.create(
+        scenario=scenario, definition=scenario.definition, context={"payload": {}}
+    )
+    TestRun.objects.filter(id=run.id).update(
+        resume_at=Now() - timedelta(seconds=0.1),
+        resume={"position": 0, "captures": {}, "waits": []},
+    )
+
+    assert runs_sweep()["republished"] == 1
+    assert runs_sweep()["republished"] == 0  # published now: left alone
+    run = finished(run)
+    assert run.status == RunStatus.PASSED, run.error
     assert run.resume_at is None
 
 

@@ -7,9 +7,11 @@ import pytest
 from targets.policies import (
     FAR_SLOWDOWN,
     SLOWDOWN,
+    TRUSTED_REQUESTS,
     block_seconds,
     in_a_row,
     learned_interval,
+    learns,
     refused_interval,
 )
 
@@ -72,3 +74,20 @@ def test_learning_halves_the_pace_while_refused_soon_then_slows_gently():
 )
 def test_pushbacks_in_a_row(previous, since, count):
     assert in_a_row(previous, since) == count
+
+
+@pytest.mark.parametrize(
+    ("configured", "in_a_row_", "accepted", "learn"),
+    [
+        (0.0, 1, 0, True),  # nobody configured the key: every pushback teaches
+        (0.0, 1, 10_000, True),
+        (0.05, 1, 3, False),  # a lone 429 at the configured pace: jitter, the block answers it
+        (0.05, 2, TRUSTED_REQUESTS, False),  # again, but long after: still jitter
+        (0.05, 2, TRUSTED_REQUESTS - 1, True),  # refused again soon: the pace itself is refused
+        (0.05, 5, 0, True),
+    ],
+)
+def test_a_configured_key_learns_only_when_refused_again_soon(
+    configured, in_a_row_, accepted, learn
+):
+    assert learns(configured, in_a_row_, accepted) is learn
