@@ -266,9 +266,9 @@ def fill_waiting(depth: int, busy_lanes: list) -> None:
     sql(
         """
         INSERT INTO queue_catalog_queuerecord
-            (scenario_id, payload, status, process_code, start_count, errors, priority,
-             max_attempts, created_at)
-        SELECT (%(ids)s::bigint[])[1 + n %% %(lanes)s], '{}'::jsonb,
+            (scenario_id, payload, context, status, process_code, start_count, errors,
+             priority, max_attempts, created_at)
+        SELECT (%(ids)s::bigint[])[1 + n %% %(lanes)s], '{}'::jsonb, '{}'::jsonb,
                CASE WHEN n <= %(lanes)s THEN 'RUNNING' ELSE 'SCHEDULED' END,
                '', 0, '[]'::jsonb, 'normal', 5, now()
           FROM generate_series(1, %(total)s) AS n

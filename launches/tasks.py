@@ -8,7 +8,7 @@ from launches.schedules import schedule_fire
 from launches.services import launches_sweep
 
 
-@shared_task(name="launches.sweep_launches", ignore_result=True)
+@shared_task(name="launches.sweep_launches", ignore_result=True, send_events=False)
 def sweep_launches() -> int:
     """Finish launches whose last run's news was lost (driven by Celery beat)."""
     return launches_sweep()

@@ -13,7 +13,7 @@ def deliver(delivery_id: int) -> str | None:
     return delivery_attempt(delivery_id=delivery_id)
 
 
-@shared_task(name="notifications.sweep_deliveries", ignore_result=True)
+@shared_task(name="notifications.sweep_deliveries", ignore_result=True, send_events=False)
 def sweep_deliveries() -> int:
     """Retry due deliveries (driven by Celery beat)."""
     return deliveries_sweep()

@@ -13,6 +13,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from launches.models import Launch
+from launches.schedule_models import Schedule
 from orchestra.api.throttling import WriteRateThrottle
 from plugins.registry import BUILTIN_PLUGINS
 from queue_catalog.models import QueueRecord
@@ -72,6 +73,13 @@ ENDPOINTS = [
     ("get", "/api/launches/{launch}/rows/"),
     ("get", "/api/launches/{launch}/junit/"),
     ("get", "/api/launches/{launch}/report/"),
+    ("get", "/api/scenarios/{scenario}/stats/"),
+    ("get", "/api/schedules/"),
+    ("post", "/api/schedules/"),
+    ("get", "/api/schedules/{schedule}/"),
+    ("put", "/api/schedules/{schedule}/"),
+    ("patch", "/api/schedules/{schedule}/"),
+    ("delete", "/api/schedules/{schedule}/"),
 ]
 READS = [endpoint for endpoint in ENDPOINTS if endpoint[0] == "get"]
 WRITES = [endpoint for endpoint in ENDPOINTS if endpoint[0] != "get"]
@@ -129,6 +137,9 @@ def stored(live_db) -> dict[str, int]:
     key = RateKey.objects.create(name="http://127.0.0.1:8081", requests=20, burst=5)
     launch = Launch.objects.create(status="FAILED", scenario_names=[scenario.name])
     TestRun.objects.filter(id=run.id).update(launch=launch)
+    schedule = Schedule.objects.create(
+        name="stored", scenario_names=[scenario.name], interval_seconds=3600
+    )
     return {
         "scenario": scenario.id,
         "run": run.id,
@@ -136,6 +147,7 @@ def stored(live_db) -> dict[str, int]:
         "record": record.id,
         "key": key.id,
         "launch": launch.id,
+        "schedule": schedule.id,
     }
 
 
@@ -166,7 +178,13 @@ def test_the_endpoint_table_lists_every_operation_of_the_schema(viewer_client):
         (
             method,
             url.format(
-                scenario="{x}", run="{x}", letter="{x}", record="{x}", key="{x}", launch="{x}"
+                scenario="{x}",
+                run="{x}",
+                letter="{x}",
+                record="{x}",
+                key="{x}",
+                launch="{x}",
+                schedule="{x}",
             ),
         )
         for method, url in ENDPOINTS
@@ -217,7 +235,9 @@ def test_a_viewer_trying_to_write_gets_403_and_nothing_changes(viewer_client, st
 @pytest.mark.parametrize("endpoint", DETAILS, ids=_label)
 def test_every_detail_endpoint_answers_404_for_an_unknown_id(api_client, endpoint):
     method, url = endpoint
-    ids = dict.fromkeys(["scenario", "run", "letter", "record", "key", "launch"], UNKNOWN_ID)
+    ids = dict.fromkeys(
+        ["scenario", "run", "letter", "record", "key", "launch", "schedule"], UNKNOWN_ID
+    )
 
     assert_error(call(api_client, method, url.format(**ids), {}), 404, "not_found")
 

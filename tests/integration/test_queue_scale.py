@@ -27,9 +27,9 @@ def deep_queue():
         cursor.execute(
             """
             INSERT INTO queue_catalog_queuerecord
-                (scenario_id, payload, status, process_code, start_count, errors, priority,
-                 max_attempts, created_at)
-            SELECT (%s::bigint[])[1 + n %% 100], '{}'::jsonb,
+                (scenario_id, payload, context, status, process_code, start_count, errors,
+                 priority, max_attempts, created_at)
+            SELECT (%s::bigint[])[1 + n %% 100], '{}'::jsonb, '{}'::jsonb,
                    CASE WHEN n <= 100000 THEN 'SCHEDULED' ELSE 'DONE' END,
                    '', 0, '[]'::jsonb, 'normal', 5, now()
               FROM generate_series(1, 200000) AS n
