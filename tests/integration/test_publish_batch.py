@@ -1,0 +1,81 @@
+"""``runs_publish`` publishes a batch of runs on one producer: the messages are the ones
+``execute_run.apply_async`` sends, read back from the real RabbitMQ."""
+
+from __future__ import annotations
+
+import pytest
+
+from celeryconfig import PRIORITIES, RUNS_QUEUE, task_queues
+from runs.models import Priority, TestRun
+from runs.services import run_task_label, runs_publish, runs_start
+from runs.tasks import execute_run
+from tests.conftest import broker_connection, purge_queues
+from tests.factories import delay_step, make_scenario
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RUNS_QUEUE_DECLARATION = next(queue for queue in task_queues if queue.name == RUNS_QUEUE)
+
+
+def _drain() -> list:
+    """Every message now in the runs queue (acked)."""
+    found = []
+    with broker_connection() as conn:
+        queue = RUNS_QUEUE_DECLARATION(conn.default_channel)
+        while (message := queue.get(no_ack=True)) is not None:
+            found.append(message)
+    return found
+
+
+def test_a_batch_publishes_what_apply_async_would():
+    purge_queues()
+    scenario = make_scenario([delay_step("wait")])
+    execute_run.apply_async(
+        args=[0], priority=PRIORITIES["normal"], shadow=run_task_label(0, scenario.name)
+    )
+    (reference,) = _drain()
+    runs = runs_start(scenario=scenario, payloads=[{"row": n} for n in range(50)])
+    urgent = runs_start(scenario=scenario, payloads=[{}], priority=Priority.URGENT)
+
+    messages = _drain()
+
+    # RabbitMQ hands out the urgent message first, then the others in publishing order.
+    assert [m.properties["priority"] for m in messages] == [9] + [5] * 50
+    assert [m.decode()[0] for m in messages[1:]] == [[run.id] for run in runs]
+    assert messages[0].decode()[0] == [urgent[0].id]
+    ignored = {"id", "root_id", "argsrepr", "shadow"}
+    for message, run in zip(messages[1:], runs, strict=True):
+        assert {k: v for k, v in message.headers.items() if k not in ignored} == {
+            k: v for k, v in reference.headers.items() if k not in ignored
+        }
+        assert message.headers["shadow"] == run_task_label(run.id, scenario.name)
+        assert message.headers["root_id"] == message.headers["id"]
+        assert message.properties["delivery_mode"] == reference.properties["delivery_mode"] == 2
+        assert message.content_type == "application/json"
+        assert message.delivery_info["routing_key"] == RUNS_QUEUE
+    assert len({m.headers["id"] for m in messages}) == 51
+    assert not TestRun.objects.filter(dispatched_at__isnull=True).exists()
+
+
+def test_a_run_whose_publish_fails_is_left_to_the_sweep(monkeypatch):
+    purge_queues()
+    scenario = make_scenario([delay_step("wait")])
+    runs = [
+        TestRun.objects.create(scenario=scenario, definition=scenario.definition, context={})
+        for _ in range(3)
+    ]
+    from kombu import Producer
+
+    real_publish = Producer.publish
+
+    def publish(self, body, **kwargs):
+        if body[0] == [runs[1].id]:
+            raise ConnectionError("broker gone")
+        return real_publish(self, body, **kwargs)
+
+    monkeypatch.setattr(Producer, "publish", publish)
+    runs_publish(runs)
+
+    assert sorted(m.decode()[0][0] for m in _drain()) == [runs[0].id, runs[2].id]
+    unpublished = TestRun.objects.filter(dispatched_at__isnull=True)
+    assert list(unpublished.values_list("id", flat=True)) == [runs[1].id]
