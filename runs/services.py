@@ -8,7 +8,6 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from celery.utils import uuid
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -232,6 +231,12 @@ def runs_start(
         runs.append(
             new_run(scenario=scenario, priority=priority, context=run_context, launch_id=launch_id)
         )
+    if len(runs) == 1:
+        # One INSERT is atomic by itself: outside a transaction it commits on its own, and the
+        # publish below follows at once (no BEGIN/COMMIT round trips for the API's one run).
+        runs[0].save(force_insert=True)
+        transaction.on_commit(lambda: runs_publish(runs))
+        return runs
     with transaction.atomic():
         TestRun.objects.bulk_create(runs, batch_size=RUNS_PER_INSERT)
         transaction.on_commit(lambda: runs_publish(runs))
@@ -245,9 +250,16 @@ def new_run(
     creates. Its launch decides the columns of :data:`LAUNCH_COLUMNS`; every other column keeps
     the model's default. ``runs_start`` saves these; a launch made in SQL uses :func:`new_run_sql`.
     """
+    # The loaded version itself when there is one, so that reading the run's version costs no
+    # query; its id otherwise.
+    version = (
+        {"scenario_version": scenario.current_version}
+        if Scenario.current_version.is_cached(scenario)
+        else {"scenario_version_id": scenario.current_version_id}
+    )
     return TestRun(
         scenario=scenario,
-        scenario_version_id=scenario.current_version_id,
+        **version,
         priority=priority,
         definition=scenario.definition,
         context=context,
@@ -303,56 +315,24 @@ def new_run_sql(**launch: str) -> RunInsert:
 
 
 def runs_publish(runs: list[TestRun]) -> None:
-    """Publish one message per run (its id only), then note that they went out.
+    """Publish one message per run (its id only), then note that it went out.
 
-    The messages are those ``execute_run.apply_async`` would send (same headers, priority,
-    queue, persistence, retry policy) but built and published in one batch on one producer
-    (one channel); Celery's per-call routing and option merging ran ~0.5 ms per run.
     A crash between the commit and this call leaves the run QUEUED with no ``dispatched_at``;
     ``runs_sweep`` republishes it. A publish that fails is logged and left to the same sweep.
     """
     from celeryconfig import PRIORITIES
     from runs.tasks import execute_run
 
-    app = execute_run.app
     names = _scenario_names(runs)
-    route = app.amqp.router.route({}, execute_run.name, (), {}, execute_run)
-    queue = route["queue"]
-    publish = {
-        # What send_task_message makes of a route to a direct exchange: the default exchange,
-        # the queue's name as routing key, the queue declared once per connection.
-        "exchange": "",
-        "routing_key": queue.name,
-        "declare": [queue],
-        "delivery_mode": queue.exchange.delivery_mode or app.conf.task_default_delivery_mode,
-        "serializer": app.conf.task_serializer,
-        "retry": app.conf.task_publish_retry,
-        "retry_policy": app.conf.task_publish_retry_policy,
-    }
-    parent = app.current_worker_task  # the sweep's task, when the sweep publishes
     published = []
-    with app.producer_or_acquire() as producer:
+    with execute_run.app.producer_or_acquire() as producer:
         for run in runs:
-            task_id = uuid()
-            headers, properties, body, _ = app.amqp.create_task_message(
-                task_id,
-                execute_run.name,
-                [run.id],
-                {},
-                time_limit=execute_run.time_limit,
-                soft_time_limit=execute_run.soft_time_limit,
-                root_id=parent and (parent.request.root_id or parent.request.id),
-                parent_id=parent and parent.request.id,
-                shadow=run_task_label(run.id, names.get(run.scenario_id)),
-                ignore_result=execute_run.ignore_result,
-            )
             try:
-                producer.publish(
-                    body,
-                    headers=headers,
+                execute_run.apply_async(
+                    args=[run.id],
                     priority=PRIORITIES[run.priority],
-                    **publish,
-                    **properties,
+                    producer=producer,
+                    shadow=run_task_label(run.id, names.get(run.scenario_id)),
                 )
             except Exception:
                 logger.exception("could not publish run %s; the sweep will retry", run.id)

@@ -46,7 +46,8 @@ class ScenarioReferenceField(serializers.CharField):
         # strings holding NUL or unpaired surrogates (they were a 500).
         value = super().run_validation(data)
         lookup = {"id": int(value)} if value.isascii() and value.isdigit() else {"name": value}
-        scenario = Scenario.objects.filter(**lookup).first()
+        # Its current version comes along: the run started from it names the version's number.
+        scenario = Scenario.objects.select_related("current_version").filter(**lookup).first()
         if scenario is None:
             raise serializers.ValidationError(f"no scenario {value!r}")
         if not scenario.is_active:
