@@ -8,6 +8,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+from celery.utils import uuid
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -315,24 +316,56 @@ def new_run_sql(**launch: str) -> RunInsert:
 
 
 def runs_publish(runs: list[TestRun]) -> None:
-    """Publish one message per run (its id only), then note that it went out.
+    """Publish one message per run (its id only), then note that they went out.
 
+    The messages are those ``execute_run.apply_async`` would send (same headers, priority,
+    queue, persistence, retry policy) but built and published in one batch on one producer
+    (one channel); Celery's per-call routing and option merging ran ~0.5 ms per run.
     A crash between the commit and this call leaves the run QUEUED with no ``dispatched_at``;
     ``runs_sweep`` republishes it. A publish that fails is logged and left to the same sweep.
     """
     from celeryconfig import PRIORITIES
     from runs.tasks import execute_run
 
+    app = execute_run.app
     names = _scenario_names(runs)
+    route = app.amqp.router.route({}, execute_run.name, (), {}, execute_run)
+    queue = route["queue"]
+    publish = {
+        # What send_task_message makes of a route to a direct exchange: the default exchange,
+        # the queue's name as routing key, the queue declared once per connection.
+        "exchange": "",
+        "routing_key": queue.name,
+        "declare": [queue],
+        "delivery_mode": queue.exchange.delivery_mode or app.conf.task_default_delivery_mode,
+        "serializer": app.conf.task_serializer,
+        "retry": app.conf.task_publish_retry,
+        "retry_policy": app.conf.task_publish_retry_policy,
+    }
+    parent = app.current_worker_task  # the sweep's task, when the sweep publishes
     published = []
-    with execute_run.app.producer_or_acquire() as producer:
+    with app.producer_or_acquire() as producer:
         for run in runs:
+            task_id = uuid()
+            headers, properties, body, _ = app.amqp.create_task_message(
+                task_id,
+                execute_run.name,
+                [run.id],
+                {},
+                time_limit=execute_run.time_limit,
+                soft_time_limit=execute_run.soft_time_limit,
+                root_id=parent and (parent.request.root_id or parent.request.id),
+                parent_id=parent and parent.request.id,
+                shadow=run_task_label(run.id, names.get(run.scenario_id)),
+                ignore_result=execute_run.ignore_result,
+            )
             try:
-                execute_run.apply_async(
-                    args=[run.id],
+                producer.publish(
+                    body,
+                    headers=headers,
                     priority=PRIORITIES[run.priority],
-                    producer=producer,
-                    shadow=run_task_label(run.id, names.get(run.scenario_id)),
+                    **publish,
+                    **properties,
                 )
             except Exception:
                 logger.exception("could not publish run %s; the sweep will retry", run.id)
