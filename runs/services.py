@@ -220,28 +220,99 @@ def runs_start(
     """Start one run per payload, one INSERT per :data:`RUNS_PER_INSERT` runs; messages go out
     after commit. ``context`` is shared by every run (each adds its ``payload``, and its
     1-based position among ``payloads`` under ``row_key`` when given); ``launch_id`` ties them
-    to a launch."""
+    to a launch.
+
+    One run is saved as :func:`new_run` makes it. Many are inserted set-based, from the
+    payloads as one JSON array per INSERT (:func:`new_run_sql`, the same run): the runs
+    returned then hold their id, scenario, priority, status, launch and ``queued_at``; any
+    other field loads on access."""
     scenario_require_active(scenario)
     if priority not in Priority.values:
         raise ValidationError({"priority": f"must be one of {Priority.values}"})
-    runs = []
-    for row, payload in enumerate(payloads, start=1):
-        run_context = {**(context or {}), "payload": payload}
+    if len(payloads) == 1:
+        run_context = {**(context or {}), "payload": payloads[0]}
         if row_key is not None:
-            run_context[row_key] = row
-        runs.append(
+            run_context[row_key] = 1
+        runs = [
             new_run(scenario=scenario, priority=priority, context=run_context, launch_id=launch_id)
-        )
-    if len(runs) == 1:
+        ]
         # One INSERT is atomic by itself: outside a transaction it commits on its own, and the
         # publish below follows at once (no BEGIN/COMMIT round trips for the API's one run).
         runs[0].save(force_insert=True)
         transaction.on_commit(lambda: runs_publish(runs))
         return runs
-    with transaction.atomic():
-        TestRun.objects.bulk_create(runs, batch_size=RUNS_PER_INSERT)
+    insert = _runs_insert_sql(row_key)
+    params = {
+        **insert.params,
+        "scenario_id": scenario.id,
+        "scenario_version_id": scenario.current_version_id,
+        "priority": priority,
+        "definition": _json_param("definition", scenario.definition),
+        "context": _json_param("context", context or {}),
+        "launch_id": launch_id,
+        "row_key": row_key,
+    }
+    # What each inserted run holds, in the model's field order (that of from_db's values).
+    fields = [
+        f.attname
+        for f in TestRun._meta.concrete_fields
+        if f.attname in {"id", "status", "queued_at", "priority", "launch_id"}
+    ]
+    runs = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for offset in range(0, len(payloads), RUNS_PER_INSERT):
+            batch = payloads[offset : offset + RUNS_PER_INSERT]
+            params["payloads"] = _json_param("context", batch)
+            params["offset"] = offset
+            cursor.execute(insert.sql, params)
+            # Ids come from the sequence in row order, so sorted they follow the payloads.
+            for run_id, status, queued_at in sorted(cursor.fetchall()):
+                loaded = {
+                    "id": run_id,
+                    "status": status,
+                    "queued_at": queued_at,
+                    "priority": priority,
+                    "launch_id": launch_id,
+                }
+                run = TestRun.from_db(connection.alias, fields, [loaded[f] for f in fields])
+                run.scenario = scenario
+                runs.append(run)
         transaction.on_commit(lambda: runs_publish(runs))
     return runs
+
+
+@dataclass(frozen=True)
+class RunsInsert:
+    sql: str
+    params: dict[str, Any]
+
+
+def _runs_insert_sql(row_key: str | None) -> RunsInsert:
+    """The INSERT of many runs of one scenario, one per element of ``%(payloads)s`` (a JSON
+    array): each run's context is ``%(context)s`` plus its payload, and its row number
+    (``%(offset)s`` + its position) under ``row_key`` when given."""
+    context = "%(context)s::jsonb || jsonb_build_object('payload', row.payload)"
+    if row_key is not None:
+        context += " || jsonb_build_object(%(row_key)s::text, %(offset)s::bigint + row.n)"
+    run = new_run_sql(
+        scenario_id="%(scenario_id)s::bigint",
+        scenario_version_id="%(scenario_version_id)s::bigint",
+        priority="%(priority)s",
+        definition="%(definition)s::jsonb",
+        context=context,
+        launch_id="%(launch_id)s::bigint",
+    )
+    sql = (
+        f"INSERT INTO runs_testrun ({run.columns}) SELECT {run.values}"
+        " FROM jsonb_array_elements(%(payloads)s::jsonb) WITH ORDINALITY AS row(payload, n)"
+        " ORDER BY row.n RETURNING id, status, queued_at"
+    )
+    return RunsInsert(sql, run.params)
+
+
+def _json_param(field: str, value: Any) -> Any:
+    """``value`` as TestRun's JSON column ``field`` stores it (its encoder), for a raw statement."""
+    return TestRun._meta.get_field(field).get_db_prep_save(value, connection)
 
 
 def new_run(

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from celeryconfig import PRIORITIES, RUNS_QUEUE, task_queues
 from runs.models import Priority, TestRun
@@ -79,3 +81,43 @@ def test_a_run_whose_publish_fails_is_left_to_the_sweep(monkeypatch):
     assert sorted(m.decode()[0][0] for m in _drain()) == [runs[0].id, runs[2].id]
     unpublished = TestRun.objects.filter(dispatched_at__isnull=True)
     assert list(unpublished.values_list("id", flat=True)) == [runs[1].id]
+
+
+def test_many_runs_are_inserted_set_based_as_new_run_makes_one():
+    purge_queues()
+    scenario = make_scenario([delay_step("wait")])
+    (single,) = runs_start(scenario=scenario, payloads=[{"n": 0}], context={"launchId": 7})
+    payloads = [{"n": n} for n in range(1, 2501)]
+
+    with CaptureQueriesContext(connection) as queries:
+        runs = runs_start(
+            scenario=scenario,
+            payloads=payloads,
+            priority=Priority.BACKGROUND,
+            context={"launchId": 7},
+            row_key="launchRow",
+        )
+
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 3  # RUNS_PER_INSERT rows per statement
+    stored = {run.id: run for run in TestRun.objects.filter(id__in=[run.id for run in runs])}
+    assert [stored[run.id].context for run in runs] == [
+        {"launchId": 7, "payload": payload, "launchRow": row}
+        for row, payload in enumerate(payloads, start=1)
+    ]
+    assert [run.id for run in runs] == sorted(stored)
+    reference = TestRun.objects.get(id=single.id)
+    ignored = {"id", "queued_at", "context", "priority", "dispatched_at", "_state"}
+    for run in runs[:: len(runs) // 10]:
+        row = stored[run.id]
+        assert {k: v for k, v in vars(row).items() if k not in ignored} == {
+            k: v for k, v in vars(reference).items() if k not in ignored
+        }
+        assert (run.status, run.priority, run.scenario_id) == (
+            row.status,
+            Priority.BACKGROUND,
+            scenario.id,
+        )
+        assert run.queued_at == row.queued_at
+    assert len(_drain()) == 2501
+    assert not TestRun.objects.filter(dispatched_at__isnull=True).exists()
