@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from celeryconfig import PRIORITIES, RUNS_QUEUE, task_queues
 from runs.models import Priority, TestRun
-from runs.services import run_task_label, runs_publish, runs_start
+from runs.services import run_task_label, runs_publish, runs_start, runs_sweep
 from runs.tasks import execute_run
 from tests.conftest import broker_connection, purge_queues
 from tests.factories import delay_step, make_scenario
@@ -120,4 +123,33 @@ def test_many_runs_are_inserted_set_based_as_new_run_makes_one():
         )
         assert run.queued_at == row.queued_at
     assert len(_drain()) == 2501
+    assert not TestRun.objects.filter(dispatched_at__isnull=True).exists()
+
+
+def test_messages_are_held_back_until_the_flush_and_a_failed_flush_is_left_to_the_sweep(
+    monkeypatch,
+):
+    from amqp.transport import TCPTransport
+
+    purge_queues()
+    scenario = make_scenario([delay_step("wait")])
+    runs = [
+        TestRun.objects.create(scenario=scenario, definition=scenario.definition, context={})
+        for _ in range(3)
+    ]
+
+    def reset(self, data):
+        raise OSError("connection reset by peer")
+
+    # Only the flush looks the transport's write up anew: the frames of each publish went to the
+    # hold-back buffer, so nothing reaches the broker when that one write fails.
+    monkeypatch.setattr(TCPTransport, "write", reset)
+    runs_publish(runs)
+    monkeypatch.undo()
+
+    assert _drain() == []
+    assert TestRun.objects.filter(dispatched_at__isnull=True).count() == 3
+    TestRun.objects.update(queued_at=timezone.now() - timedelta(hours=1))
+    assert runs_sweep()["republished"] == 3
+    assert sorted(m.decode()[0][0] for m in _drain()) == [run.id for run in runs]
     assert not TestRun.objects.filter(dispatched_at__isnull=True).exists()
