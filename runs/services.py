@@ -410,10 +410,9 @@ def runs_publish(runs: list[TestRun]) -> None:
     queue = route["queue"]
     publish = {
         # What send_task_message makes of a route to a direct exchange: the default exchange,
-        # the queue's name as routing key, the queue declared (once per connection).
+        # the queue's name as routing key; the queue is declared before (see below).
         "exchange": "",
         "routing_key": queue.name,
-        "declare": [queue],
         "delivery_mode": queue.exchange.delivery_mode or app.conf.task_default_delivery_mode,
         "serializer": app.conf.task_serializer,
         "retry": app.conf.task_publish_retry,
@@ -421,45 +420,53 @@ def runs_publish(runs: list[TestRun]) -> None:
     }
     parent = app.current_worker_task  # the sweep's task, when the sweep publishes
     published = []
-    with app.producer_or_acquire() as producer, _CoalescedWrites(producer) as writes:
-        for start in range(0, len(runs), PUBLISH_FLUSH_EVERY):
-            written = []
-            for run in runs[start : start + PUBLISH_FLUSH_EVERY]:
-                task_id = uuid()
-                headers, properties, body, _ = app.amqp.create_task_message(
-                    task_id,
-                    execute_run.name,
-                    [run.id],
-                    {},
-                    time_limit=execute_run.time_limit,
-                    soft_time_limit=execute_run.soft_time_limit,
-                    root_id=parent and (parent.request.root_id or parent.request.id),
-                    parent_id=parent and parent.request.id,
-                    shadow=run_task_label(run.id, names.get(run.scenario_id)),
-                    ignore_result=execute_run.ignore_result,
-                )
-                try:
-                    producer.publish(
-                        body,
-                        headers=headers,
-                        priority=PRIORITIES[run.priority],
-                        **publish,
-                        **properties,
+    with app.producer_or_acquire() as producer:
+        # Declared (once per connection) before writes are held back: a declaration waits for
+        # the broker's answer, which would never come to a request still in the buffer.
+        try:
+            producer.maybe_declare(queue, retry=publish["retry"], **publish["retry_policy"])
+        except Exception:
+            logger.exception("could not declare %s; the sweep will publish", queue.name)
+            return
+        with _CoalescedWrites(producer) as writes:
+            for start in range(0, len(runs), PUBLISH_FLUSH_EVERY):
+                written = []
+                for run in runs[start : start + PUBLISH_FLUSH_EVERY]:
+                    task_id = uuid()
+                    headers, properties, body, _ = app.amqp.create_task_message(
+                        task_id,
+                        execute_run.name,
+                        [run.id],
+                        {},
+                        time_limit=execute_run.time_limit,
+                        soft_time_limit=execute_run.soft_time_limit,
+                        root_id=parent and (parent.request.root_id or parent.request.id),
+                        parent_id=parent and parent.request.id,
+                        shadow=run_task_label(run.id, names.get(run.scenario_id)),
+                        ignore_result=execute_run.ignore_result,
                     )
+                    try:
+                        producer.publish(
+                            body,
+                            headers=headers,
+                            priority=PRIORITIES[run.priority],
+                            **publish,
+                            **properties,
+                        )
+                    except Exception:
+                        logger.exception("could not publish run %s; the sweep will retry", run.id)
+                        continue
+                    written.append(run.id)
+                try:
+                    writes.flush()
                 except Exception:
-                    logger.exception("could not publish run %s; the sweep will retry", run.id)
+                    logger.exception(
+                        "could not publish %d runs from run %s; the sweep will retry",
+                        len(written),
+                        written[0] if written else None,
+                    )
                     continue
-                written.append(run.id)
-            try:
-                writes.flush()
-            except Exception:
-                logger.exception(
-                    "could not publish %d runs from run %s; the sweep will retry",
-                    len(written),
-                    written[0] if written else None,
-                )
-                continue
-            published.extend(written)
+                published.extend(written)
     if published:
         _note_published(published)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -153,3 +154,27 @@ def test_messages_are_held_back_until_the_flush_and_a_failed_flush_is_left_to_th
     assert runs_sweep()["republished"] == 3
     assert sorted(m.decode()[0][0] for m in _drain()) == [run.id for run in runs]
     assert not TestRun.objects.filter(dispatched_at__isnull=True).exists()
+
+
+def test_a_batch_on_a_connection_that_has_not_declared_the_queue_yet():
+    """The declaration waits for the broker's answer: it must not sit in the held-back writes."""
+    purge_queues()
+    scenario = make_scenario([delay_step("wait")])
+    with broker_connection() as conn:
+        conn.default_channel.queue_delete(RUNS_QUEUE)
+    with execute_run.app.producer_or_acquire() as producer:
+        producer.connection.declared_entities.clear()
+    done = []
+
+    def start() -> None:
+        try:
+            done.append(runs_start(scenario=scenario, payloads=[{}, {}, {}]))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+
+    assert done, "runs_publish hung"
+    assert sorted(m.decode()[0][0] for m in _drain()) == sorted(run.id for run in done[0])
