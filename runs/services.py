@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from orchestra.commits import without_flush_wait
 from runs.models import Priority, Scenario, ScenarioVersion, TestRun, VersionOrigin
 from runs.signals import run_finished
 from runs.sources import source_from_definition
@@ -526,20 +527,15 @@ def _scenario_names(runs: list[TestRun]) -> dict[int, str]:
 
 # ``dispatched_at`` is a hint for the sweep, so noting it need not wait for the WAL flush: lost in
 # a database crash, it only makes the sweep publish the run again, and a duplicate delivery is
-# dropped by the claim. Outside a transaction the two statements run as one implicit transaction;
-# inside one, the surrounding transaction's commit decides and its durability is left alone.
-_ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off;"
+# dropped by the claim.
 _NOTE_PUBLISHED_SQL = (
     "UPDATE runs_testrun SET dispatched_at = now() WHERE id = ANY(%s) AND dispatched_at IS NULL"
 )
 
 
 def _note_published(run_ids: list[int]) -> None:
-    sql = _NOTE_PUBLISHED_SQL
-    if connection.get_autocommit():
-        sql = _ASYNC_COMMIT_SQL + sql
     with connection.cursor() as cursor:
-        cursor.execute(sql, [run_ids])
+        cursor.execute(without_flush_wait(_NOTE_PUBLISHED_SQL), [run_ids])
 
 
 def run_rerun(*, run_id: int) -> TestRun:

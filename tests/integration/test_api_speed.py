@@ -41,8 +41,9 @@ def test_a_run_start_with_a_known_token_costs_four_statements():
 
     statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
     # The write throttle's window, the scenario with its version, the run's INSERT (committed
-    # by itself), its dispatched_at once published: four round trips.
-    assert statements == ["INSERT", "SELECT", "INSERT", "SET"], queries.captured_queries
+    # by itself), its dispatched_at once published: four round trips. The counter and the
+    # dispatched_at hint do not wait for the WAL flush (SET LOCAL synchronous_commit = off).
+    assert statements == ["SET", "SELECT", "INSERT", "SET"], queries.captured_queries
     assert "orchestra_throttle_window" in queries.captured_queries[0]["sql"]
     assert "authtoken" not in " ".join(q["sql"] for q in queries.captured_queries)
     assert TestRun.objects.filter(dispatched_at__isnull=False).count() == 2
