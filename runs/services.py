@@ -284,6 +284,8 @@ def runs_start(
 
 @dataclass(frozen=True)
 class RunsInsert:
+    """The statement of :func:`_runs_insert_sql` and the parameters of its default columns."""
+
     sql: str
     params: dict[str, Any]
 
@@ -321,7 +323,8 @@ def new_run(
 ) -> TestRun:
     """A new QUEUED run of ``scenario``, not saved yet: the one definition of what a launch
     creates. Its launch decides the columns of :data:`LAUNCH_COLUMNS`; every other column keeps
-    the model's default. ``runs_start`` saves these; a launch made in SQL uses :func:`new_run_sql`.
+    the model's default. ``runs_start`` saves one such; many runs, and a launch made in SQL,
+    use :func:`new_run_sql`.
     """
     # The loaded version itself when there is one, so that reading the run's version costs no
     # query; its id otherwise.
