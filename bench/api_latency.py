@@ -1,11 +1,15 @@
-"""REST API latency under load: ``POST /api/runs/`` and ``GET /api/runs/``, served by gunicorn.
+"""REST API latency under load: ``POST /api/runs/`` and ``GET /api/runs/``, served by gunicorn,
+beside a plain Django view doing the same INSERT and publish.
 
 gunicorn (``--workers 4``, sync workers) serves orchestra with production settings (DEBUG off,
-HTTPS expected: the clients send ``X-Forwarded-Proto: https`` as a TLS-terminating proxy would).
-50 concurrent clients (asyncio + httpx, one keep-alive connection each) send requests for a
-fixed time per phase; each request's latency is recorded. No worker consumes the started runs
-(they stay QUEUED; their messages are purged at the end), so the figures are the API's own:
-validation, the run INSERT, the publish to RabbitMQ, the response.
+HTTPS expected: the clients send ``X-Forwarded-Proto: https`` as a TLS-terminating proxy would),
+plus ``POST /bench/plain-runs/`` (``bench/api_peer_urls.py``, served only here through
+``bench/api_peer_settings.py``). 50 concurrent clients (asyncio + httpx, one keep-alive
+connection each) send requests for a fixed time per phase; each request's latency is recorded.
+Then one client sends requests one after the other (``single``): one request's latency alone.
+No worker consumes the started runs (they stay QUEUED; their messages are purged at the end), so
+the figures are the API's own: authentication, throttle, validation, the run INSERT, the publish
+to RabbitMQ, the response.
 
     .venv/bin/python bench/api_latency.py [--clients 50] [--seconds 10] [--repeat 3] [--quick]
 
@@ -55,8 +59,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: The request kinds: orchestra's POST and GET, and the plain view's POST.
+KINDS = ("POST", "GET", "plain")
+
+
 async def phase(base: str, token: str, method: str, clients: int, seconds: float) -> dict:
-    """``clients`` concurrent loops of one request kind for ``seconds``; latency figures."""
+    """``clients`` concurrent loops of one request kind of :data:`KINDS` for ``seconds``;
+    latency figures."""
     import httpx
 
     headers = {"Authorization": f"Token {token}", "X-Forwarded-Proto": "https"}
@@ -71,6 +80,8 @@ async def phase(base: str, token: str, method: str, clients: int, seconds: float
                 started = time.perf_counter()
                 if method == "POST":
                     response = await http.post("/api/runs/", json=body)
+                elif method == "plain":
+                    response = await http.post("/bench/plain-runs/", json=body)
                 else:
                     response = await http.get("/api/runs/", params={"limit": 50})
                 latencies.append((time.perf_counter() - started) * 1000)
@@ -111,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--gunicorn-workers", type=int, default=4)
+    parser.add_argument(
+        "--single-seconds", type=float, default=3, help="time of each one-client phase"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 10 clients, 2 s")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib)")
     parser.add_argument(
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.seconds, args.repeat = 10, 2, 1
+        args.clients, args.seconds, args.repeat, args.single_seconds = 10, 2, 1, 1
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     env = {
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "ALLOWED_HOSTS": "127.0.0.1",
         "ORCHESTRA_API_WRITE_RATE": "1000000/minute",
         "LOG_LEVEL": "WARNING",
-        "DJANGO_SETTINGS_MODULE": "orchestra.settings",
+        "DJANGO_SETTINGS_MODULE": "bench.api_peer_settings",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     os.environ.update(env)
@@ -158,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    samples: dict[str, list[dict]] = {"POST": [], "GET": []}
+    samples: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    single: dict[str, list[dict]] = {"POST": [], "plain": []}
     with ExitStack() as stack:
         broker = Broker(args.broker_url)
         stack.callback(broker.close)
@@ -187,11 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"gunicorn serving on {base} with {args.gunicorn_workers} workers")
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE runs_stepresult, runs_testrun CASCADE")
+        for method in KINDS:  # warm-up, not counted: every gunicorn worker imports and connects
+            asyncio.run(phase(base, token, method, args.clients, 1))
         for repetition in range(1, args.repeat + 1):
-            for method in ("POST", "GET"):
+            for method in KINDS:
                 sample = asyncio.run(phase(base, token, method, args.clients, args.seconds))
                 samples[method].append(sample)
-                log(f"[{repetition}/{args.repeat}] {method:<4} {sample}")
+                log(f"[{repetition}/{args.repeat}] {method:<5} {sample}")
+            for method in single:
+                sample = asyncio.run(phase(base, token, method, 1, args.single_seconds))
+                single[method].append(sample)
+                log(f"[{repetition}/{args.repeat}] {method:<5} one client {sample}")
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE runs_stepresult, runs_testrun CASCADE")
 
@@ -202,19 +223,37 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("requests_per_s", "p50_ms", "p99_ms")
         }
         result[method]["errors"] = sum(sum(row["errors"].values()) for row in rows)
+    result["single"] = {
+        method: {key: spread([row[key] for row in rows]) for key in ("p50_ms", "p99_ms")}
+        for method, rows in single.items()
+    }
+    result["single"]["errors"] = sum(
+        sum(row["errors"].values()) for rows in single.values() for row in rows
+    )
+    api, plain = result["POST"]["requests_per_s"], result["plain"]["requests_per_s"]
+    result["post_vs_plain"] = round(api["median"] / plain["median"], 2) if plain["median"] else None
     for method in samples:
         figures = result[method]
+        what = "POST /bench/plain-runs/" if method == "plain" else f"{method} /api/runs/"
         log(
-            f"{method} /api/runs/ with {args.clients} clients: p50"
+            f"{what} with {args.clients} clients: p50"
             f" {figures['p50_ms']['median']} ms, p99 {figures['p99_ms']['median']} ms,"
             f" {figures['requests_per_s']['median']} requests/s, errors {figures['errors']}"
         )
+    for method in single:
+        figures = result["single"][method]
+        log(
+            f"{method} alone (one client): p50 {figures['p50_ms']['median']} ms,"
+            f" p99 {figures['p99_ms']['median']} ms"
+        )
+    log(f"API POST throughput / plain view's: {result['post_vs_plain']} (target >= 0.7)")
     if args.plot:
         bar_chart(
             args.plot,
             [
                 (
-                    f"{method} /api/runs/, {args.clients} clients",
+                    f"{'POST /bench/plain-runs/' if method == 'plain' else method + ' /api/runs/'},"
+                    f" {args.clients} clients",
                     "latency, ms",
                     {key[:-3]: result[method][key]["median"] for key in ("p50_ms", "p99_ms")},
                 )

@@ -72,9 +72,19 @@ def reset(broker: Broker) -> None:
 
 
 def published(broker: Broker) -> int:
+    """Messages in the runs queue once RabbitMQ has taken in what was written: the request
+    returns when the last messages left the socket (publishing without confirms), so the
+    depth is read until it holds still for half a second (10 s at most)."""
     from celeryconfig import RUNS_QUEUE
 
-    return broker.depth(RUNS_QUEUE)[0]
+    depth, deadline = broker.depth(RUNS_QUEUE)[0], time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = broker.depth(RUNS_QUEUE)[0]
+        if now == depth:
+            break
+        depth = now
+    return depth
 
 
 def one_request(client, variant: str, scenario: str, data: list[dict]) -> tuple[float, int]:

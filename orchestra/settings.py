@@ -131,7 +131,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "orchestra.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["orchestra.api.permissions.RolePermission"],
@@ -184,6 +184,9 @@ SPECTACULAR_SETTINGS = {
 ORCHESTRA_API_MAX_BODY_BYTES = env_int("ORCHESTRA_API_MAX_BODY_BYTES", 1_048_576)
 ORCHESTRA_API_MAX_JSON_DEPTH = env_int("ORCHESTRA_API_MAX_JSON_DEPTH", 32)
 ORCHESTRA_API_MAX_PAYLOAD_BYTES = env_int("ORCHESTRA_API_MAX_PAYLOAD_BYTES", 65_536)
+# Seconds a web process remembers an API token's user and role (0: looks them up every request);
+# a revoked token, deactivated user or changed role takes effect within this many seconds.
+ORCHESTRA_API_TOKEN_CACHE_SECONDS = env_float("ORCHESTRA_API_TOKEN_CACHE_SECONDS", 5.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = ORCHESTRA_API_MAX_BODY_BYTES
 # Runs (scenarios × data rows) one launch may start at once.
 ORCHESTRA_LAUNCH_MAX_RUNS = env_int("ORCHESTRA_LAUNCH_MAX_RUNS", 10_000)

@@ -46,7 +46,14 @@ class ScenarioReferenceField(serializers.CharField):
         # strings holding NUL or unpaired surrogates (they were a 500).
         value = super().run_validation(data)
         lookup = {"id": int(value)} if value.isascii() and value.isdigit() else {"name": value}
-        scenario = Scenario.objects.filter(**lookup).first()
+        # Its current version comes along (the run started from it names the version's number),
+        # without the texts a start never reads.
+        scenario = (
+            Scenario.objects.select_related("current_version")
+            .defer("definition_source", "current_version__source", "current_version__definition")
+            .filter(**lookup)
+            .first()
+        )
         if scenario is None:
             raise serializers.ValidationError(f"no scenario {value!r}")
         if not scenario.is_active:
