@@ -432,6 +432,8 @@ def runs_publish(runs: list[TestRun]) -> None:
         except Exception:
             logger.exception("could not declare %s; the sweep will publish", queue.name)
             return
+        # The time limits apply_async would stamp into the message (Celery's exec options).
+        limits = execute_run._get_exec_options()
         with _CoalescedWrites(producer) as writes:
             for start in range(0, len(runs), PUBLISH_FLUSH_EVERY):
                 written = []
@@ -442,8 +444,8 @@ def runs_publish(runs: list[TestRun]) -> None:
                         execute_run.name,
                         [run.id],
                         {},
-                        time_limit=execute_run.time_limit,
-                        soft_time_limit=execute_run.soft_time_limit,
+                        time_limit=limits.get("time_limit"),
+                        soft_time_limit=limits.get("soft_time_limit"),
                         root_id=parent and (parent.request.root_id or parent.request.id),
                         parent_id=parent and parent.request.id,
                         shadow=run_task_label(run.id, names.get(run.scenario_id)),
