@@ -367,6 +367,8 @@ def test_bad_launches_are_refused_with_400_naming_the_field_and_nothing_starts(
         ("rows.csv", b"a,a\n1,2\n", "distinct"),
         ("rows.csv", b"", "no header"),
         ("rows.csv", b"a\n\xff\n", "UTF-8"),
+        ("rows.csv", b"a\nx\x00y\n", "row 1: text must not hold NUL"),
+        ("rows.jsonl", b'{"a": "x\\u0000y"}\n', "row 1: text must not hold NUL"),
         ("rows.jsonl", b'{"a": 1}\n{"a": \n', "row 2: not JSON"),
         ("rows.jsonl", b'{"a": 1}\n[2]\n', "row 2: must be a JSON object"),
         ("rows.txt", b"a\n1\n", ".csv, .jsonl"),
